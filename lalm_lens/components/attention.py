@@ -1,0 +1,101 @@
+"""Multi-head attention with TransformerLens hooks and weight layout.
+
+`W_Q [n_heads, d_model, d_head]`, `W_K`/`W_V [n_kv_heads, d_model, d_head]`,
+`W_O [n_heads, d_head, d_model]`, biases beside them (zeros where a checkpoint
+has none). Q/K/V are stored with strides that make `W.transpose(1, 2)` a
+contiguous `[heads * d_head, d_model]` matrix, so each projection is one GEMM
+with no weight copy. The pattern is computed explicitly (and hooked) whenever
+something is attached to `hook_attn_scores` / `hook_pattern`; otherwise the
+same math runs through `scaled_dot_product_attention`.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from lalm_lens.components.kv_cache import KVCache
+from lalm_lens.config import BlockConfig
+
+
+def head_weight(n_heads: int, d_model: int, d_head: int, dtype: torch.dtype) -> nn.Parameter:
+    """An `[n_heads, d_model, d_head]` parameter laid out as `[n_heads * d_head, d_model]`."""
+    return nn.Parameter(torch.empty(n_heads, d_head, d_model, dtype=dtype).transpose(1, 2))
+
+
+def project(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """`x @ W + b` per head: `[batch, pos, d_model]` -> `[batch, pos, heads, d_head]`."""
+    heads, d_model, d_head = W.shape
+    out = F.linear(x, W.transpose(1, 2).reshape(heads * d_head, d_model), b.reshape(-1))
+    return out.view(*x.shape[:-1], heads, d_head)
+
+
+class Attention(nn.Module):
+    """Bidirectional or causal multi-head attention; the mask comes from the caller."""
+
+    def __init__(self, cfg: BlockConfig, layer: int = 0):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        h, kv, m, d = cfg.n_heads, self.n_kv_heads, cfg.d_model, cfg.d_head
+        self.W_Q = head_weight(h, m, d, cfg.dtype)
+        self.W_K = head_weight(kv, m, d, cfg.dtype)
+        self.W_V = head_weight(kv, m, d, cfg.dtype)
+        self.W_O = nn.Parameter(torch.empty(h, d, m, dtype=cfg.dtype))
+        self.b_Q = nn.Parameter(torch.zeros(h, d, dtype=cfg.dtype))
+        self.b_K = nn.Parameter(torch.zeros(kv, d, dtype=cfg.dtype))
+        self.b_V = nn.Parameter(torch.zeros(kv, d, dtype=cfg.dtype))
+        self.b_O = nn.Parameter(torch.zeros(m, dtype=cfg.dtype))
+        self.scale = d**-0.5
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
+        self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model], only if cfg.use_attn_result
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.cfg.n_heads
+
+    def position(self, q: Tensor, k: Tensor, rope: Optional[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Apply positional information to q and k (none here; see RotaryAttention)."""
+        return q, k
+
+    def expand_kv(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Match key/value heads to query heads (identity here; see GroupedQueryAttention)."""
+        return k, v
+
+    def forward(
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        mask: Optional[Tensor] = None,
+        rope: Optional[tuple[Tensor, Tensor]] = None,
+        kv_cache: Optional[KVCache] = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        q = self.hook_q(project(x, self.W_Q, self.b_Q))
+        k = self.hook_k(project(x, self.W_K, self.b_K))
+        v = self.hook_v(project(x, self.W_V, self.b_V))
+        q, k = self.position(q, k, rope)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)
+        k, v = self.expand_kv(k, v)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
+        if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
+            scores = (q @ k.transpose(-1, -2)) * self.scale
+            if mask is not None:
+                scores = scores + mask
+            scores = self.hook_attn_scores(scores)
+            pattern = self.hook_pattern(scores.softmax(-1, dtype=torch.float32).to(q.dtype))
+            z = pattern @ v
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head, d_head]
+        if self.cfg.use_attn_result:
+            result = self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O))
+            return result.sum(-2) + self.b_O
+        h, d, m = self.W_O.shape
+        return F.linear(z.reshape(*z.shape[:2], h * d), self.W_O.reshape(h * d, m).T, self.b_O)

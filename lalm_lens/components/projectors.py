@@ -1,0 +1,53 @@
+"""Adapters from audio-encoder frames to LM input vectors (`audio_projector.*`).
+
+Each takes the encoder output and returns `(embeds [batch, n, d_lm], lengths)`;
+the model keeps the first `lengths[i]` vectors of clip i, in order.
+"""
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from lalm_lens.components.audio_encoder import EncoderOutput
+from lalm_lens.config import ProjectorConfig
+
+
+class LinearProjector(nn.Module):
+    """One linear layer (Qwen2-Audio): `x @ W + b`."""
+
+    def __init__(self, cfg: ProjectorConfig, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.W = nn.Parameter(torch.empty(cfg.d_in, cfg.d_out, dtype=dtype))
+        self.b = nn.Parameter(torch.zeros(cfg.d_out, dtype=dtype))
+        self.hook_in = HookPoint()  # [batch, pos, d_in]
+        self.hook_out = HookPoint()  # [batch, pos, d_out]
+
+    def forward(self, enc: EncoderOutput) -> tuple[Float[Tensor, "batch pos d_out"], Tensor]:
+        x = self.hook_in(enc.hidden)
+        return self.hook_out(F.linear(x, self.W.T, self.b)), enc.lengths
+
+
+class StackProjector(nn.Module):
+    """Concatenate `stack` consecutive frames, `Linear -> GELU -> Linear`, no biases (Voxtral)."""
+
+    def __init__(self, cfg: ProjectorConfig, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.stack = cfg.stack
+        d_stacked = cfg.d_in * cfg.stack
+        self.W_in = nn.Parameter(torch.empty(d_stacked, cfg.d_hidden or cfg.d_out, dtype=dtype))
+        self.W_out = nn.Parameter(torch.empty(cfg.d_hidden or cfg.d_out, cfg.d_out, dtype=dtype))
+        self.hook_in = HookPoint()  # [chunk, frames, d_in]
+        self.hook_stacked = HookPoint()  # [chunk, frames // stack, stack * d_in]
+        self.hook_hidden = HookPoint()  # [chunk, frames // stack, d_hidden], after GELU
+        self.hook_out = HookPoint()  # [chunk, frames // stack, d_out]
+
+    def forward(self, enc: EncoderOutput) -> tuple[Float[Tensor, "batch pos d_out"], Tensor]:
+        x = self.hook_in(enc.hidden)
+        chunks, frames, d = x.shape
+        if frames % self.stack:
+            raise ValueError(f"{frames} encoder frames are not a multiple of the stack size {self.stack}")
+        x = self.hook_stacked(x.reshape(chunks, frames // self.stack, d * self.stack))
+        x = self.hook_hidden(F.gelu(x @ self.W_in))
+        return self.hook_out(x @ self.W_out), torch.div(enc.lengths, self.stack, rounding_mode="floor")

@@ -1,0 +1,95 @@
+"""Configuration dataclasses.
+
+`BlockConfig` extends TransformerLens's own `TransformerLensConfig`, so the LM
+backbone's `cfg` is what TransformerLens utilities (`ActivationCache`,
+`patching`) expect. The same class configures the audio encoder's blocks.
+`LALMConfig` ties encoder, projector and LM together; each family's converter
+in `weight_conversion/` builds one from the checkpoint's `config.json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from transformer_lens.config import TransformerLensConfig
+
+
+@dataclass
+class BlockConfig(TransformerLensConfig):
+    """A stack of transformer blocks (LM backbone or audio encoder).
+
+    TransformerLens fields used here: d_model, d_head, n_layers, n_ctx, n_heads,
+    d_mlp, d_vocab, n_key_value_heads, normalization_type ("LN" | "RMS"),
+    act_fn ("gelu" | "silu"), gated_mlp, positional_embedding_type
+    ("rotary" | "learned" | "sinusoidal"), eps.
+    """
+
+    causal: bool = True
+    rotary_base: float = 10000.0
+    # llama3-style frequency scaling: dict(factor, low_freq_factor,
+    # high_freq_factor, original_max_position_embeddings), or None.
+    rope_scaling: Optional[dict] = None
+    sliding_window: Optional[int] = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_key_value_heads is None:
+            self.n_key_value_heads = self.n_heads
+        if self.n_heads % self.n_key_value_heads:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be a multiple of n_key_value_heads "
+                f"({self.n_key_value_heads})"
+            )
+        self.uses_rms_norm = self.normalization_type == "RMS"
+        self.final_rms = self.uses_rms_norm
+
+
+@dataclass
+class EncoderConfig(BlockConfig):
+    """Whisper-style audio encoder: conv stem, positions, blocks, pool, norm."""
+
+    n_mels: int = 128
+    pool: Optional[int] = None  # AvgPool1d kernel = stride after the blocks
+    final_norm: bool = True
+    # Frames fed to the encoder; the learned table has n_ctx = n_frames // 2 rows.
+    n_frames: int = 3000
+    # Whether padded frames are masked out as keys (Qwen2-Audio) or not (Voxtral).
+    mask_padding: bool = True
+
+
+@dataclass
+class ProjectorConfig:
+    """Adapter from encoder frames to LM embeddings."""
+
+    kind: str  # "linear" | "stack" | "qformer" | "qwen_audio"
+    d_in: int
+    d_out: int
+    d_hidden: Optional[int] = None
+    stack: int = 1  # frames concatenated per output token (Voxtral: 4)
+    bias: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class LALMConfig:
+    """Everything needed to build a `HookedLALM`."""
+
+    family: str
+    lm: BlockConfig
+    encoder: EncoderConfig
+    projector: ProjectorConfig
+    audio_token_id: int
+    sampling_rate: int = 16000
+    # Longest audio the model takes in one clip (None: no limit, e.g. Voxtral chunks).
+    max_audio_seconds: Optional[float] = 30.0
+    eos_token_ids: tuple = ()
+    pad_token_id: Optional[int] = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("lm", "encoder"):
+            out[key].pop("dtype", None)
+        return out

@@ -1,0 +1,280 @@
+"""`HookedLALM`: audio encoder + projector + a HookedTransformer-shaped LM.
+
+Data flow: log-mel features -> `audio_encoder` -> `audio_projector` ->
+`hook_audio_embeds` (`[n_audio_tokens, d_model]`, all clips in order) ->
+written into the audio placeholder positions of the token embeddings ->
+`hook_embed` (the merged input, i.e. the first residual stream) -> `blocks` ->
+`ln_final` -> `unembed`. The LM parts sit at the top level with
+HookedTransformer names, so `ActivationCache`, `get_act_name` and
+`transformer_lens.patching` work unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens import ActivationCache
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
+
+from lalm_lens.components.audio_encoder import AudioEncoder
+from lalm_lens.components.block import TransformerBlock, make_norm
+from lalm_lens.components.embed import Embed
+from lalm_lens.components.kv_cache import KVCache
+from lalm_lens.components.masks import attention_bias
+from lalm_lens.components.projectors import LinearProjector, StackProjector
+from lalm_lens.components.rotary import Rotary
+from lalm_lens.components.unembed import TiedUnembed, Unembed
+from lalm_lens.config import LALMConfig
+from lalm_lens.inputs.prepared import PreparedInput
+
+PROJECTORS = {"linear": LinearProjector, "stack": StackProjector}
+MODEL_INPUTS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask", "position_ids")
+IGNORED_INPUTS = ("num_audio_tokens", "token_type_ids")
+
+
+class HookedLALM(HookedRootModule):
+    """A hookable large audio language model with converted weights.
+
+    Build one with `HookedLALM.from_pretrained(name_or_path)`; `HookedLALM(config)`
+    gives a randomly initialised model of the same shape.
+    """
+
+    def __init__(self, config: LALMConfig, projector: Optional[nn.Module] = None):
+        super().__init__()
+        self.config = config
+        self.cfg = config.lm
+        cfg = self.cfg
+        self.audio_encoder = AudioEncoder(config.encoder)
+        self.audio_projector = projector or PROJECTORS[config.projector.kind](config.projector, cfg.dtype)
+        self.embed = Embed(cfg)
+        self.hook_audio_embeds = HookPoint()  # [n_audio_tokens, d_model]
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]: token + audio embeddings
+        self.rotary = Rotary(cfg.d_head, cfg.rotary_base, cfg.rope_scaling)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
+        self.ln_final = make_norm(cfg)
+        self.unembed = TiedUnembed(cfg, self.embed) if cfg.tie_word_embeddings else Unembed(cfg)
+        self.processor = None  # set by from_pretrained when the checkpoint has one
+        self.tokenizer = None
+        self.input_builder = None
+        self.setup()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None, **kwargs: Any
+    ) -> "HookedLALM":
+        """Load a checkpoint (hub id or local folder); the family comes from `config.json`."""
+        from lalm_lens.loading import load_pretrained
+
+        return load_pretrained(name_or_path, device=device, dtype=dtype, **kwargs)
+
+    def init_weights(self, std: float = 0.02, seed: Optional[int] = None) -> "HookedLALM":
+        """Random normal weights, unit norms; for toy models and benchmarks."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith((".w", "ln_post.w", "ln_final.w")):
+                    p.fill_(1.0)
+                elif name.split(".")[-1].startswith("b") or name.endswith(".b"):
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
+        return self
+
+    def reset_buffers(self) -> None:
+        """Recompute the non-persistent buffers (after materialising from the meta device)."""
+        self.rotary.inv_freq = Rotary(self.cfg.d_head, self.cfg.rotary_base, self.cfg.rope_scaling).inv_freq.to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.W_E.device
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input: Union[PreparedInput, Mapping, Tensor, None] = None,
+        *,
+        return_type: Optional[str] = "logits",
+        kv_cache: Optional[KVCache] = None,
+        stop_at_layer: Optional[int] = None,
+        **kwargs: Any,
+    ) -> Optional[Tensor]:
+        """Logits `[batch, pos, d_vocab]` for a prepared input, a dict of the HF
+        processor's tensors (or the same as keywords), or a tensor of token ids.
+
+        `stop_at_layer=l` returns the residual stream entering block l;
+        `return_type=None` returns nothing (for hooks only).
+        """
+        inputs = self._collect_inputs(input, kwargs)
+        input_ids = inputs["input_ids"]
+        resid = self.embed_inputs(
+            input_ids, inputs.get("input_features"), inputs.get("feature_attention_mask")
+        )
+        past = len(kv_cache) if kv_cache is not None else 0
+        positions = inputs.get("position_ids")
+        if positions is None:
+            positions = torch.arange(past, past + input_ids.shape[1], device=self.device)[None]
+        mask = self.lm_mask(input_ids.shape[1], past, inputs.get("attention_mask"), resid.dtype)
+        rope = self.rotary.cos_sin(positions, resid.dtype)
+        for block in self.blocks[:stop_at_layer]:
+            resid = block(resid, mask, rope, kv_cache)
+        if stop_at_layer is not None:
+            return resid
+        logits = self.unembed(self.ln_final(resid))
+        return logits if return_type is not None else None
+
+    def _collect_inputs(self, input: Any, kwargs: dict) -> dict[str, Tensor]:
+        if isinstance(input, Tensor):
+            kwargs = {"input_ids": input, **kwargs}
+        elif isinstance(input, Mapping):
+            kwargs = {**dict(input.items()), **kwargs}
+        elif input is not None:
+            raise TypeError(f"cannot run the model on a {type(input).__name__}")
+        unknown = set(kwargs) - set(MODEL_INPUTS) - set(IGNORED_INPUTS)
+        if unknown:
+            raise TypeError(f"unexpected model input(s) {sorted(unknown)}; expected some of {MODEL_INPUTS}")
+        if kwargs.get("input_ids") is None:
+            raise ValueError("the model needs input_ids (a prepared input, the processor's output, or token ids)")
+        out = {k: v.to(self.device) for k, v in kwargs.items() if k in MODEL_INPUTS and v is not None}
+        if out["input_ids"].ndim == 1:
+            out = {k: v[None] if k != "input_features" else v for k, v in out.items()}
+        return out
+
+    def lm_mask(self, n_new: int, past: int, attention_mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+        """Causal (and padding, sliding-window) mask for `n_new` queries after `past` cached positions."""
+        key_valid = attention_mask.bool() if attention_mask is not None else None
+        q_positions = torch.arange(past, past + n_new, device=self.device)
+        return attention_bias(
+            q_positions, past + n_new, causal=True, key_valid=key_valid, sliding_window=self.cfg.sliding_window, dtype=dtype
+        )
+
+    # ------------------------------------------------------------------ audio
+    def encode_audio(
+        self, input_features: Float[Tensor, "clips n_mels frames"], feature_attention_mask: Optional[Tensor] = None
+    ) -> Float[Tensor, "n_audio_tokens d_model"]:
+        """Audio vectors for every clip, concatenated in order (`hook_audio_embeds`)."""
+        frame_mask = feature_attention_mask.bool() if feature_attention_mask is not None else None
+        taps = getattr(self.audio_projector, "taps", ())
+        enc = self.audio_encoder(input_features.to(self.device), frame_mask, keep_layers=taps)
+        embeds, lengths = self.audio_projector(enc)
+        keep = torch.arange(embeds.shape[1], device=embeds.device)[None, :] < lengths[:, None].to(embeds.device)
+        return self.hook_audio_embeds(embeds[keep])
+
+    def audio_token_mask(self, input_ids: Int[Tensor, "batch pos"]) -> Tensor:
+        """Which positions receive audio vectors."""
+        return input_ids == self.config.audio_token_id
+
+    def embed_inputs(
+        self, input_ids: Tensor, input_features: Optional[Tensor] = None, feature_attention_mask: Optional[Tensor] = None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Token embeddings with the audio vectors written into the placeholders (`hook_embed`)."""
+        x = self.embed(input_ids)
+        slots = self.audio_token_mask(input_ids)
+        n_slots = int(slots.sum())
+        if input_features is None:
+            if n_slots and input_ids.shape[1] > 1:
+                raise ValueError(f"the input holds {n_slots} audio placeholder token(s) but no input_features")
+            return self.hook_embed(x)
+        if n_slots == 0:
+            raise ValueError(
+                f"audio was given but the prompt has no audio placeholder (token id {self.config.audio_token_id}); "
+                "build the prompt with model.prepare() or the checkpoint's processor"
+            )
+        audio = self.encode_audio(input_features, feature_attention_mask)
+        if n_slots != audio.shape[0]:
+            hint = ""
+            if n_slots == input_features.shape[0]:
+                hint = " (one unexpanded placeholder per clip: expand it to one token per audio vector, as the processor does)"
+            raise ValueError(
+                f"the prompt has {n_slots} audio placeholder token(s) but the audio gives {audio.shape[0]} vectors{hint}"
+            )
+        x = x.masked_scatter(slots[..., None].to(x.device), audio.to(x.dtype))
+        return self.hook_embed(x)
+
+    # ------------------------------------------------------------------ TransformerLens surface
+    def run_with_cache(self, *args: Any, remove_batch_dim: bool = False, **kwargs: Any):
+        """Like TransformerLens: returns `(logits, ActivationCache)`."""
+        out, cache = super().run_with_cache(*args, remove_batch_dim=remove_batch_dim, **kwargs)
+        return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+
+    def with_audio(self, inp: Mapping) -> "AudioBoundModel":
+        """A view whose forward takes token ids only, the audio of `inp` bound (for `transformer_lens.patching`)."""
+        from lalm_lens.audio_bound import AudioBoundModel
+
+        return AudioBoundModel(self, inp)
+
+    @property
+    def W_U(self) -> Tensor:
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> Tensor:
+        return self.unembed.b_U
+
+    @property
+    def W_E(self) -> Tensor:
+        return self.embed.W_E
+
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer (the checkpoint folder holds none)")
+        return self.tokenizer
+
+    def to_tokens(self, text: Union[str, list[str]], prepend_bos: bool = False) -> Tensor:
+        tok = self._require_tokenizer()
+        ids = tok(text if isinstance(text, list) else [text], add_special_tokens=prepend_bos, padding=True, return_tensors="pt")
+        return ids["input_ids"].to(self.device)
+
+    def to_str_tokens(self, tokens: Union[Tensor, list[int]]) -> list[str]:
+        ids = tokens.flatten().tolist() if isinstance(tokens, Tensor) else list(tokens)
+        return self._require_tokenizer().convert_ids_to_tokens(ids)
+
+    def to_single_token(self, text: str) -> int:
+        ids = self._require_tokenizer().encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is {len(ids)} tokens, not one: {self.to_str_tokens(ids)}")
+        return ids[0]
+
+    def tokens_to_residual_directions(self, tokens: Union[str, int, Tensor]) -> Tensor:
+        """Unembedding directions in the space `ln_final` normalises into (its weight folded in)."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        tokens = torch.as_tensor(tokens, device=self.device)
+        directions = (self.W_U * self.ln_final.w[:, None])[:, tokens]
+        return directions.movedim(0, -1)
+
+    # ------------------------------------------------------------------ inputs and decoding
+    def prepare(self, audio=None, prompt=None, **kwargs: Any) -> PreparedInput:
+        """Build an input through the checkpoint's own processor and chat template.
+
+        `audio`: path, array or tensor (or a list of them); `prompt`: the user's
+        text; `answer_prefix`: text after the generation prompt; `options`: the
+        answer options named in the prompt (marked as the `object` token group);
+        `sampling_rate`: the array's rate (resampled when different).
+        """
+        if self.input_builder is None:
+            raise RuntimeError(
+                "this model has no processor: the checkpoint folder holds no processor/tokenizer files. "
+                "Pass the processor's tensors to model(...) directly, or load a folder with them."
+            )
+        return self.input_builder.prepare(audio=audio, prompt=prompt, **kwargs)
+
+    def prepare_like(self, inp: PreparedInput, audio) -> PreparedInput:
+        """The same prompt as `inp` with other audio (e.g. silence for a corrupted run)."""
+        return self.prepare(audio=audio, **{**inp.prepare_kwargs, "sampling_rate": inp.sampling_rate})
+
+    @torch.no_grad()
+    def generate(self, inp: Union[PreparedInput, Mapping], max_new_tokens: int = 20, return_type: str = "str", **kwargs: Any):
+        """Greedy decoding with the KV cache; returns the continuation (text, or token ids)."""
+        from lalm_lens.generation import greedy_generate
+
+        tokens = greedy_generate(self, inp, max_new_tokens=max_new_tokens, **kwargs)
+        if return_type == "tokens":
+            return tokens
+        texts = self._require_tokenizer().batch_decode(tokens, skip_special_tokens=True)
+        return texts[0] if len(texts) == 1 else texts

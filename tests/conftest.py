@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random checkpoints saved with `save_pretrained`, loaded through our own path."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np
+import pytest
+import torch
+
+from tests import tiny_models
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def qwen2_audio_dir(tmp_path_factory):
+    """Tiny Qwen2-Audio checkpoint (GQA LM) with random biases and a working processor."""
+    return tiny_models.save_qwen2_audio(tmp_path_factory.mktemp("qwen2_audio"), n_kv_heads=2)
+
+
+@pytest.fixture(scope="session")
+def qwen2_audio_mha_dir(tmp_path_factory):
+    """The same with multi-head attention in the LM (as the real Qwen2-Audio)."""
+    return tiny_models.save_qwen2_audio(tmp_path_factory.mktemp("qwen2_audio_mha"), n_kv_heads=4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def qwen2_audio(qwen2_audio_dir):
+    from lalm_lens import HookedLALM
+
+    return HookedLALM.from_pretrained(qwen2_audio_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def qwen2_audio_hf(qwen2_audio_dir):
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    return Qwen2AudioForConditionalGeneration.from_pretrained(qwen2_audio_dir).eval()
+
+
+@pytest.fixture
+def clip():
+    return tiny_models.clip(seconds=3.0, seed=0)
