@@ -66,8 +66,17 @@ def input_builder(folder, config: LALMConfig):
     return HFProcessorInputs(processor, config) if processor is not None else None
 
 
-def reference_model(folder, dtype, device):
+def reference_model(folder, dtype, device, **_):
     """The original Hugging Face model, for `lalm-lens verify`."""
     from transformers import Qwen2AudioForConditionalGeneration
 
     return Qwen2AudioForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device).eval()
+
+
+def reference_encoder_layers(ref):
+    return list(ref.model.audio_tower.layers)
+
+
+def reference_forward(ref, inp):
+    """HF forward with LM hidden states: [embeddings, layer outputs..., final-normed output]."""
+    return ref(**inp, output_hidden_states=True)

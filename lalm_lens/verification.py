@@ -1,0 +1,121 @@
+"""`verify`: run the original model and the hooked one on the same input and compare.
+
+What a user runs once on a GPU with a real checkpoint (`lalm-lens verify MODEL`).
+Tolerance: float32 max |Δlogits| ≤ 1e-4 · max(1, max |logits|); bfloat16 and
+float16 ≤ 5 % of max |logits| (the two sides round at different points), and
+in every dtype the final position's top-1 token must agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+RELATIVE_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 0.05, torch.float16: 0.05}
+
+
+def synthetic_clip(seconds: float = 3.0, rate: int = 16000) -> np.ndarray:
+    """A chirp with a little noise, used when no audio file is given."""
+    t = np.arange(int(seconds * rate)) / rate
+    chirp = np.sin(2 * np.pi * (200 * t + 300 * t**2))
+    noise = np.random.default_rng(0).standard_normal(t.shape)
+    return (0.4 * chirp + 0.02 * noise).astype(np.float32)
+
+
+@dataclass
+class VerifyReport:
+    name: str
+    dtype: torch.dtype
+    max_logit_diff: float
+    logit_scale: float
+    tolerance: float
+    top1_agrees: bool
+    lm_layers: list[float] = field(default_factory=list)  # max |Δ| of the residual entering each layer, then the normed output
+    encoder_layers: list[float] = field(default_factory=list)  # max |Δ| after each encoder block
+    audio_embeds_diff: Optional[float] = None
+
+    @property
+    def passed(self) -> bool:
+        return self.max_logit_diff <= self.tolerance and self.top1_agrees
+
+    def __str__(self) -> str:
+        lines = [f"verify {self.name} ({str(self.dtype).replace('torch.', '')})"]
+        if self.encoder_layers:
+            lines.append("  audio encoder, max |Δ| after each block:")
+            lines += [f"    block {i:3d}: {d:.3e}" for i, d in enumerate(self.encoder_layers)]
+        if self.audio_embeds_diff is not None:
+            lines.append(f"  audio vectors (projector output): {self.audio_embeds_diff:.3e}")
+        lines.append("  LM, max |Δ| of the residual entering each layer (last: final norm output):")
+        lines += [f"    layer {i:3d}: {d:.3e}" for i, d in enumerate(self.lm_layers)]
+        lines.append(
+            f"  max |Δlogits| = {self.max_logit_diff:.3e} (max |logits| {self.logit_scale:.2f}, "
+            f"tolerance {self.tolerance:.3e}); final top-1 {'agrees' if self.top1_agrees else 'DIFFERS'}"
+        )
+        lines.append("PASS" if self.passed else "FAIL")
+        return "\n".join(lines)
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+@torch.no_grad()
+def verify(
+    name_or_path: str,
+    audio=None,
+    prompt: str = "Describe the audio.",
+    dtype: Optional[torch.dtype] = None,
+    device: Union[str, torch.device, None] = None,
+    **load_kwargs,
+) -> VerifyReport:
+    """Load both models from `name_or_path`, run one input, return a `VerifyReport`."""
+    from lalm_lens.model import HookedLALM
+    from weight_conversion import family_for
+    from lalm_lens.loading import read_config, resolve_checkpoint
+
+    folder = resolve_checkpoint(name_or_path)
+    family = family_for(read_config(folder).get("model_type"))
+    model = HookedLALM.from_pretrained(folder, device=device, dtype=dtype, **load_kwargs)
+    dtype = model.cfg.dtype
+    ref = family.reference_model(folder, dtype=dtype, device=model.device, **load_kwargs)
+    if audio is None:
+        audio = synthetic_clip(rate=16000)
+    inp = model.prepare(audio, prompt, sampling_rate=None if isinstance(audio, str) else 16000).to(model.device)
+
+    enc_outputs: list[torch.Tensor] = []
+    handles = [
+        layer.register_forward_hook(lambda mod, args, out: enc_outputs.append(out[0] if isinstance(out, tuple) else out))
+        for layer in family.reference_encoder_layers(ref)
+    ]
+    try:
+        out = family.reference_forward(ref, inp)
+    finally:
+        for h in handles:
+            h.remove()
+    logits, cache = model.run_with_cache(inp)
+    ref_logits = out.logits
+    n = model.cfg.n_layers
+    lm = [_diff(cache[f"blocks.{i}.hook_resid_pre"], out.hidden_states[i]) for i in range(n)]
+    lm.append(_diff(model.ln_final(cache[f"blocks.{n - 1}.hook_resid_post"]), out.hidden_states[n]))
+    encoder = [
+        _diff(cache[f"audio_encoder.blocks.{i}.hook_resid_post"], h) for i, h in enumerate(enc_outputs[: len(model.audio_encoder.blocks)])
+    ]
+    audio_diff = None
+    if getattr(out, "audio_embeds", None) is not None:
+        audio_diff = _diff(cache["hook_audio_embeds"], out.audio_embeds)
+    scale = ref_logits.float().abs().max().item()
+    tol = RELATIVE_TOLERANCE.get(dtype, 0.05) * max(1.0, scale)
+    return VerifyReport(
+        name=str(name_or_path),
+        dtype=dtype,
+        max_logit_diff=_diff(logits, ref_logits),
+        logit_scale=scale,
+        tolerance=tol,
+        top1_agrees=bool((logits[:, -1].argmax(-1) == ref_logits[:, -1].argmax(-1)).all()),
+        lm_layers=lm,
+        encoder_layers=encoder,
+        audio_embeds_diff=audio_diff,
+    )
