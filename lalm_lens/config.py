@@ -53,10 +53,14 @@ class EncoderConfig(BlockConfig):
     n_mels: int = 128
     pool: Optional[int] = None  # AvgPool1d kernel = stride after the blocks
     final_norm: bool = True
-    # Frames fed to the encoder; the learned table has n_ctx = n_frames // 2 rows.
-    n_frames: int = 3000
+    # Frames the encoder takes (the table has n_ctx = n_frames // 2 rows); None: any length.
+    n_frames: Optional[int] = 3000
     # Whether padded frames are masked out as keys (Qwen2-Audio) or not (Voxtral).
     mask_padding: bool = True
+    # Keep the positional table in float32 and add in float32 (Voxtral's `_keep_in_fp32_modules`).
+    fp32_positions: bool = False
+    # With mask_padding: frames kept past 2 x (the longest clip's conv length); see AudioEncoder.forward.
+    crop_extra: int = 2
 
 
 @dataclass

@@ -19,6 +19,12 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.tiktoken", "
 
 def resolve_checkpoint(name_or_path: Union[str, Path]) -> Path:
     """A local folder holding the checkpoint (downloading a hub id if needed)."""
+    if str(name_or_path) == "demo":
+        from lalm_lens.demo import DEMO_DIR
+
+        if not (DEMO_DIR / "config.json").is_file():
+            raise CheckpointError(f"the demo model is missing from {DEMO_DIR}; rebuild it with python -m lalm_lens.demo.train")
+        return DEMO_DIR
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -46,22 +52,26 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def checkpoint_dtype(hf_config) -> torch.dtype:
-    dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None)
-    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+def checkpoint_dtype(*configs) -> torch.dtype:
+    """The first dtype a config names (float32 if none does)."""
+    for config in configs:
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype, None)
+        if isinstance(dtype, torch.dtype):
+            return dtype
+    return torch.float32
 
 
-def eos_token_ids(folder: Path, hf_config) -> tuple[int, ...]:
+def eos_token_ids(folder: Path, text_config) -> tuple[int, ...]:
+    """From `generation_config.json` if present, else the (text) config."""
     from transformers import GenerationConfig
 
     eos = None
     if (folder / "generation_config.json").is_file():
         eos = GenerationConfig.from_pretrained(folder).eos_token_id
     if eos is None:
-        text = getattr(hf_config, "text_config", hf_config)
-        eos = getattr(text, "eos_token_id", None)
+        eos = getattr(text_config, "eos_token_id", None)
     if eos is None:
         return ()
     return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
@@ -85,17 +95,23 @@ def load_pretrained(
     family = family_for(read_config(folder).get("model_type"))
     hf_config = family.load_config(folder, **overrides) if hasattr(family, "load_config") else _auto_config(folder)
     config = family.convert_config(hf_config)
-    dtype = dtype or checkpoint_dtype(hf_config)
+    text_config = getattr(hf_config, "llama", None) or getattr(hf_config, "text_config", hf_config)
+    dtype = dtype or checkpoint_dtype(hf_config, text_config)
     device = torch.device(device) if device is not None else default_device()
     for cfg in (config.lm, config.encoder):
         cfg.dtype, cfg.device = dtype, str(device)
-    config.eos_token_ids = eos_token_ids(folder, hf_config)
+    config.eos_token_ids = eos_token_ids(Path(getattr(hf_config, "llm_path", folder)), text_config)
     with torch.device("meta"):
-        model = HookedLALM(config, **family.extra_modules(config) if hasattr(family, "extra_modules") else {})
+        model = HookedLALM(config)
     model.to_empty(device=device)
     model.reset_buffers()
-    files = family.weight_files(folder, **overrides) if hasattr(family, "weight_files") else checkpoint_shards(folder)
-    filled = load_checkpoint(model, files, family.key_map(config), what=f"checkpoint {folder.name}")
+    if hasattr(family, "weight_sources"):
+        sources = family.weight_sources(folder, config, hf_config)
+    else:
+        sources = [(checkpoint_shards(folder), family.key_map(config), f"checkpoint {folder.name}")]
+    filled: set[str] = set()
+    for files, key_map, what in sources:
+        filled |= load_checkpoint(model, files, key_map, what=what)
     finish_loading(model, filled, family.ABSENT, what=f"checkpoint {folder.name}")
     model.eval()
     model.input_builder = family.input_builder(folder, config)

@@ -26,14 +26,16 @@ from lalm_lens.components.block import TransformerBlock, make_norm
 from lalm_lens.components.embed import Embed
 from lalm_lens.components.kv_cache import KVCache
 from lalm_lens.components.masks import attention_bias
-from lalm_lens.components.projectors import LinearProjector, StackProjector
+from lalm_lens.components.projectors import LinearProjector, StackProjector, TaggedProjector
+from lalm_lens.components.qformer import QFormerProjector
 from lalm_lens.components.rotary import Rotary
 from lalm_lens.components.unembed import TiedUnembed, Unembed
 from lalm_lens.config import LALMConfig
 from lalm_lens.inputs.prepared import PreparedInput
 
-PROJECTORS = {"linear": LinearProjector, "stack": StackProjector}
-MODEL_INPUTS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask", "position_ids")
+PROJECTORS = {"linear": LinearProjector, "stack": StackProjector, "qformer": QFormerProjector,
+              "tagged": TaggedProjector}
+MODEL_INPUTS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask", "position_ids", "audio_embeds")
 IGNORED_INPUTS = ("num_audio_tokens", "token_type_ids")
 
 
@@ -44,13 +46,13 @@ class HookedLALM(HookedRootModule):
     gives a randomly initialised model of the same shape.
     """
 
-    def __init__(self, config: LALMConfig, projector: Optional[nn.Module] = None):
+    def __init__(self, config: LALMConfig):
         super().__init__()
         self.config = config
         self.cfg = config.lm
         cfg = self.cfg
         self.audio_encoder = AudioEncoder(config.encoder)
-        self.audio_projector = projector or PROJECTORS[config.projector.kind](config.projector, cfg.dtype)
+        self.audio_projector = PROJECTORS[config.projector.kind](config.projector, cfg.dtype)
         self.embed = Embed(cfg)
         self.hook_audio_embeds = HookPoint()  # [n_audio_tokens, d_model]
         self.hook_embed = HookPoint()  # [batch, pos, d_model]: token + audio embeddings
@@ -113,12 +115,17 @@ class HookedLALM(HookedRootModule):
         inputs = self._collect_inputs(input, kwargs)
         input_ids = inputs["input_ids"]
         resid = self.embed_inputs(
-            input_ids, inputs.get("input_features"), inputs.get("feature_attention_mask")
+            input_ids, inputs.get("input_features"), inputs.get("feature_attention_mask"), inputs.get("audio_embeds")
         )
         past = len(kv_cache) if kv_cache is not None else 0
         positions = inputs.get("position_ids")
         if positions is None:
             positions = torch.arange(past, past + input_ids.shape[1], device=self.device)[None]
+        if past + input_ids.shape[1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"the input has {past + input_ids.shape[1]} positions; this model's context is {self.cfg.n_ctx} "
+                "(shorten the audio or the prompt)"
+            )
         mask = self.lm_mask(input_ids.shape[1], past, inputs.get("attention_mask"), resid.dtype)
         rope = self.rotary.cos_sin(positions, resid.dtype)
         for block in self.blocks[:stop_at_layer]:
@@ -166,17 +173,29 @@ class HookedLALM(HookedRootModule):
         return self.hook_audio_embeds(embeds[keep])
 
     def audio_token_mask(self, input_ids: Int[Tensor, "batch pos"]) -> Tensor:
-        """Which positions receive audio vectors."""
-        return input_ids == self.config.audio_token_id
+        """Which positions receive audio vectors (the audio token, plus any tag tokens a
+        family overwrites too, e.g. Qwen-Audio's `<audio>`/`</audio>`)."""
+        ids = (self.config.audio_token_id, *self.config.extra.get("audio_span_ids", ()))
+        if len(ids) == 1:
+            return input_ids == ids[0]
+        return torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
 
     def embed_inputs(
-        self, input_ids: Tensor, input_features: Optional[Tensor] = None, feature_attention_mask: Optional[Tensor] = None
+        self,
+        input_ids: Tensor,
+        input_features: Optional[Tensor] = None,
+        feature_attention_mask: Optional[Tensor] = None,
+        audio_embeds: Optional[Tensor] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        """Token embeddings with the audio vectors written into the placeholders (`hook_embed`)."""
+        """Token embeddings with the audio vectors written into the placeholders (`hook_embed`).
+
+        `audio_embeds` (`[n_audio_tokens, d_model]`) replaces the encoder's output,
+        e.g. to reuse or edit audio vectors; it still passes `hook_audio_embeds`.
+        """
         x = self.embed(input_ids)
         slots = self.audio_token_mask(input_ids)
         n_slots = int(slots.sum())
-        if input_features is None:
+        if audio_embeds is None and input_features is None:
             if n_slots and input_ids.shape[1] > 1:
                 raise ValueError(f"the input holds {n_slots} audio placeholder token(s) but no input_features")
             return self.hook_embed(x)
@@ -185,10 +204,13 @@ class HookedLALM(HookedRootModule):
                 f"audio was given but the prompt has no audio placeholder (token id {self.config.audio_token_id}); "
                 "build the prompt with model.prepare() or the checkpoint's processor"
             )
-        audio = self.encode_audio(input_features, feature_attention_mask)
+        if audio_embeds is not None:
+            audio = self.hook_audio_embeds(audio_embeds.to(self.device))
+        else:
+            audio = self.encode_audio(input_features, feature_attention_mask)
         if n_slots != audio.shape[0]:
             hint = ""
-            if n_slots == input_features.shape[0]:
+            if input_features is not None and n_slots == input_features.shape[0]:
                 hint = " (one unexpanded placeholder per clip: expand it to one token per audio vector, as the processor does)"
             raise ValueError(
                 f"the prompt has {n_slots} audio placeholder token(s) but the audio gives {audio.shape[0]} vectors{hint}"

@@ -3,7 +3,8 @@
 A word-level `tokenizers` vocabulary with the family's special tokens, wrapped
 in `PreTrainedTokenizerFast`, plus a `WhisperFeatureExtractor` and the family's
 chat template, gives a working `Qwen2AudioProcessor` that saves and reloads like
-the real one. Used by the tests and by the demo model.
+the real one; a byte-level `tekken.json` gives a working `VoxtralProcessor`.
+Used by the tests and by the demo model.
 """
 
 from __future__ import annotations
@@ -83,3 +84,68 @@ def qwen2_audio_processor(words: Iterable[str], vocab_size: int, audio_token_id:
     tokenizer.eos_token = "<|im_end|>"
     features = WhisperFeatureExtractor(feature_size=128, chunk_length=chunk_length, return_attention_mask=True)
     return Qwen2AudioProcessor(features, tokenizer, chat_template=QWEN2_AUDIO_CHAT_TEMPLATE)
+
+
+# ---------------------------------------------------------------- Voxtral (mistral_common tekken)
+# Special-token ranks of the real Voxtral tekken.json; the other ranks below the
+# special-token count become "<SPECIAL_i>" fillers, as mistral_common does.
+VOXTRAL_SPECIALS = {
+    0: "<unk>", 1: "<s>", 2: "</s>", 3: "[INST]", 4: "[/INST]", 5: "[AVAILABLE_TOOLS]", 6: "[/AVAILABLE_TOOLS]",
+    7: "[TOOL_RESULTS]", 8: "[/TOOL_RESULTS]", 9: "[TOOL_CALLS]", 10: "[IMG]", 11: "<pad>", 12: "[IMG_BREAK]",
+    13: "[IMG_END]", 14: "[PREFIX]", 15: "[MIDDLE]", 16: "[SUFFIX]", 17: "[SYSTEM_PROMPT]", 18: "[/SYSTEM_PROMPT]",
+    19: "[TOOL_CONTENT]", 24: "[AUDIO]", 25: "[BEGIN_AUDIO]", 32: "[ARGS]", 33: "[CALL_ID]", 34: "[TRANSCRIBE]",
+}
+TEKKEN_PATTERN = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"
+    r"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def tekken_json(merges: Iterable[bytes] = (), num_special_tokens: int = 1000) -> dict:
+    """A byte-level tekken vocabulary (ranks 0-255 are the bytes; `merges` after them, each
+    buildable from earlier pieces) with Voxtral's special tokens and audio settings."""
+    import base64
+
+    pieces = [bytes([i]) for i in range(256)] + [bytes(m) for m in merges]
+    vocab = []
+    for rank, piece in enumerate(pieces):
+        try:
+            token_str = piece.decode("utf-8")
+        except UnicodeDecodeError:
+            token_str = None
+        vocab.append({"rank": rank, "token_bytes": base64.b64encode(piece).decode("ascii"), "token_str": token_str})
+    specials = [{"rank": i, "token_str": VOXTRAL_SPECIALS.get(i, f"<SPECIAL_{i}>"), "is_control": True}
+                for i in range(num_special_tokens)]
+    return {
+        "config": {"pattern": TEKKEN_PATTERN, "num_vocab_tokens": len(vocab),
+                   "default_vocab_size": len(vocab) + num_special_tokens,
+                   "default_num_special_tokens": num_special_tokens, "version": "v7"},
+        "vocab": vocab,
+        "special_tokens": specials,
+        "audio": {"sampling_rate": 16000, "frame_rate": 12.5, "chunk_length_s": 30.0,
+                  "audio_encoding_config": {"num_mel_bins": 128, "hop_length": 160, "window_size": 400}},
+        "version": 1,
+        "type": "Tekken",
+    }
+
+
+def voxtral_processor(folder, merges: Iterable[bytes] = (b" t", b"he", b" the", b"er", b"in", b" s", b"is", b" is"),
+                      num_special_tokens: int = 1000):
+    """Write a tiny Voxtral processor (tekken.json + feature extractor) into `folder` and load it.
+
+    `tokenizer_config.json` names `MistralCommonBackend` (else transformers converts
+    tekken.json into a plain tokenizer); `processor_config.json` names `VoxtralProcessor`.
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import AutoProcessor, WhisperFeatureExtractor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tekken.json").write_text(json.dumps(tekken_json(merges, num_special_tokens)))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "MistralCommonBackend"}))
+    WhisperFeatureExtractor(feature_size=128).save_pretrained(folder)
+    (folder / "processor_config.json").write_text(json.dumps({"processor_class": "VoxtralProcessor"}))
+    return AutoProcessor.from_pretrained(folder)

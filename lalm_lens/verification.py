@@ -62,6 +62,21 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+def _top1_agrees(ours: torch.Tensor, ref: torch.Tensor, tol: float) -> bool:
+    """Our top-1 token is the original's, or ties with it within the tolerance."""
+    chosen = ref.float().gather(-1, ours.argmax(-1, keepdim=True))[..., 0]
+    return bool((chosen >= ref.float().max(-1).values - tol).all())
+
+
+def _encoder_valid_positions(model, inp) -> int:
+    """Encoder positions both sides compute from real audio (ours crops padded frames)."""
+    mask = inp.get("feature_attention_mask")
+    if mask is None:
+        return model.config.encoder.n_ctx
+    valid, _ = model.audio_encoder.output_lengths(mask.sum(-1))
+    return int(valid.min())
+
+
 @torch.no_grad()
 def verify(
     name_or_path: str,
@@ -69,9 +84,14 @@ def verify(
     prompt: str = "Describe the audio.",
     dtype: Optional[torch.dtype] = None,
     device: Union[str, torch.device, None] = None,
+    prepare_kwargs: Optional[dict] = None,
     **load_kwargs,
 ) -> VerifyReport:
-    """Load both models from `name_or_path`, run one input, return a `VerifyReport`."""
+    """Load both models from `name_or_path`, run one input, return a `VerifyReport`.
+
+    `prepare_kwargs` go to `model.prepare` (e.g. `transcript=` for DeSTA);
+    `load_kwargs` to `from_pretrained` and the reference (e.g. `encoder_path=`).
+    """
     from lalm_lens.model import HookedLALM
     from weight_conversion import family_for
     from lalm_lens.loading import read_config, resolve_checkpoint
@@ -83,7 +103,8 @@ def verify(
     ref = family.reference_model(folder, dtype=dtype, device=model.device, **load_kwargs)
     if audio is None:
         audio = synthetic_clip(rate=16000)
-    inp = model.prepare(audio, prompt, sampling_rate=None if isinstance(audio, str) else 16000).to(model.device)
+    rate = None if isinstance(audio, str) else 16000
+    inp = model.prepare(audio, prompt, sampling_rate=rate, **(prepare_kwargs or {})).to(model.device)
 
     enc_outputs: list[torch.Tensor] = []
     handles = [
@@ -100,8 +121,10 @@ def verify(
     n = model.cfg.n_layers
     lm = [_diff(cache[f"blocks.{i}.hook_resid_pre"], out.hidden_states[i]) for i in range(n)]
     lm.append(_diff(model.ln_final(cache[f"blocks.{n - 1}.hook_resid_post"]), out.hidden_states[n]))
+    valid = _encoder_valid_positions(model, inp)
     encoder = [
-        _diff(cache[f"audio_encoder.blocks.{i}.hook_resid_post"], h) for i, h in enumerate(enc_outputs[: len(model.audio_encoder.blocks)])
+        _diff(cache[f"audio_encoder.blocks.{i}.hook_resid_post"][:, :valid], h[:, :valid])
+        for i, h in enumerate(enc_outputs[: len(model.audio_encoder.blocks)])
     ]
     audio_diff = None
     if getattr(out, "audio_embeds", None) is not None:
@@ -114,7 +137,7 @@ def verify(
         max_logit_diff=_diff(logits, ref_logits),
         logit_scale=scale,
         tolerance=tol,
-        top1_agrees=bool((logits[:, -1].argmax(-1) == ref_logits[:, -1].argmax(-1)).all()),
+        top1_agrees=_top1_agrees(logits[:, -1], ref_logits[:, -1], tol),
         lm_layers=lm,
         encoder_layers=encoder,
         audio_embeds_diff=audio_diff,

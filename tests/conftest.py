@@ -5,7 +5,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import numpy as np
 import pytest
 import torch
 
@@ -40,6 +39,52 @@ def qwen2_audio_hf(qwen2_audio_dir):
     return Qwen2AudioForConditionalGeneration.from_pretrained(qwen2_audio_dir).eval()
 
 
+@pytest.fixture(scope="session")
+def voxtral_dir(tmp_path_factory):
+    """Tiny Voxtral; the LM's head_dim (24) differs from hidden / heads (16), as in Voxtral Mini."""
+    return tiny_models.save_voxtral(tmp_path_factory.mktemp("voxtral"), head_dim=24)
+
+
+@pytest.fixture(scope="session")
+def voxtral(voxtral_dir):
+    from lalm_lens import HookedLALM
+
+    return HookedLALM.from_pretrained(voxtral_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def voxtral_hf(voxtral_dir):
+    from transformers import VoxtralForConditionalGeneration
+
+    return VoxtralForConditionalGeneration.from_pretrained(voxtral_dir).eval()
+
+
 @pytest.fixture
 def clip():
     return tiny_models.clip(seconds=3.0, seed=0)
+
+
+@pytest.fixture(scope="session")
+def desta_dir(tmp_path_factory):
+    """Tiny DeSTA2.5: three folders (Whisper, Llama-3.1, connector), as released."""
+    return tiny_models.save_desta(tmp_path_factory.mktemp("desta"))
+
+
+@pytest.fixture(scope="session")
+def desta(desta_dir):
+    from lalm_lens import HookedLALM
+
+    return HookedLALM.from_pretrained(desta_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def qwen_audio_dir(tmp_path_factory):
+    """Tiny Qwen-Audio-Chat v1 in the released key layout."""
+    return tiny_models.save_qwen_audio(tmp_path_factory.mktemp("qwen_audio"))
+
+
+@pytest.fixture(scope="session")
+def qwen_audio(qwen_audio_dir):
+    from lalm_lens import HookedLALM
+
+    return HookedLALM.from_pretrained(qwen_audio_dir, device="cpu")

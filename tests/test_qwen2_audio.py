@@ -83,10 +83,18 @@ def test_every_layer_matches_hidden_states(pair):
     enc = tower(inp["input_features"], attention_mask=mask, output_hidden_states=True)
     for h in handles:
         h.remove()
-    assert max_diff(cache["audio_encoder.hook_embed"], enc.hidden_states[0]) <= TOL
+    # Our encoder crops the padded frames (exact: they are masked keys); compare the valid positions.
+    conv_valid = (inp["feature_attention_mask"].sum(-1) - 1) // 2 + 1
+    pooled_valid = (conv_valid - 2) // 2 + 1
+
+    def same_on_valid(ours, theirs, valid):
+        return all(max_diff(ours[b, :v], theirs[b, :v]) <= TOL for b, v in enumerate(valid.tolist()))
+
+    assert cache["audio_encoder.hook_embed"].shape[1] == int(conv_valid.max()) + 1
+    assert same_on_valid(cache["audio_encoder.hook_embed"], enc.hidden_states[0], conv_valid)
     for i, hidden in enumerate(layer_outputs):
-        assert max_diff(cache[f"audio_encoder.blocks.{i}.hook_resid_post"], hidden) <= TOL, i
-    assert max_diff(cache["audio_encoder.hook_out"], enc.last_hidden_state) <= TOL
+        assert same_on_valid(cache[f"audio_encoder.blocks.{i}.hook_resid_post"], hidden, conv_valid), i
+    assert same_on_valid(cache["audio_encoder.hook_out"], enc.last_hidden_state, pooled_valid)
     audio = hf.model.multi_modal_projector(enc.last_hidden_state)
     keep = torch.arange(750)[None] < ((lengths - 2) // 2 + 1)[:, None]
     assert max_diff(cache["hook_audio_embeds"], audio[keep]) <= TOL
@@ -100,7 +108,8 @@ def test_bfloat16_within_documented_tolerance(qwen2_audio_dir):
     a, b = ours(inp), hf(**inp).logits
     assert a.dtype == torch.bfloat16
     assert max_diff(a, b) <= BF16_TOL
-    assert (a[0, -1].argmax() == b[0, -1].argmax()).item()
+    top = a[0, -1].argmax()
+    assert b[0, -1, top] >= b[0, -1].max() - BF16_TOL  # same top-1, up to ties within the tolerance
 
 
 @torch.no_grad()

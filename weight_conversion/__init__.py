@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-FAMILY_MODULES = ("qwen2_audio",)
+FAMILY_MODULES = ("qwen2_audio", "voxtral", "desta", "qwen_audio")
 
 
 class UnknownFamilyError(ValueError):

@@ -57,10 +57,20 @@ def heads_out(w: Tensor, target: Tensor) -> Tensor:
     return w.T.reshape(target.shape)
 
 
+def split(n: int, then: Transform = same):
+    """For a fused checkpoint tensor (e.g. q|k|v rows): cut it into `n` equal parts along
+    dim 0, then `then` each part for its own target."""
+
+    def transform(w: Tensor, targets) -> tuple:
+        return tuple(then(part, t) for part, t in zip(w.chunk(n, dim=0), targets))
+
+    return transform
+
+
 @dataclass(frozen=True)
 class Rule:
     pattern: str  # checkpoint key, `{}` for an integer slot
-    target: Optional[str]  # our parameter, same slots; None drops the key
+    target: Optional[str | tuple]  # our parameter(s), same slots; None drops the key; a tuple for fused keys
     transform: Transform = same
 
     def compile(self) -> re.Pattern:
@@ -70,9 +80,10 @@ class Rule:
 class KeyMap:
     """Checkpoint keys -> parameter names, with prefix aliases applied first."""
 
-    def __init__(self, rules: Iterable[Rule], aliases: Optional[dict[str, str]] = None):
+    def __init__(self, rules: Iterable[Rule], aliases: Optional[dict[str, str]] = None, drop_prefixes: tuple = ()):
         self.rules = [(rule, rule.compile()) for rule in rules]
         self.aliases = sorted((aliases or {}).items(), key=lambda kv: -len(kv[0]))
+        self.drop_prefixes = tuple(drop_prefixes)  # keys the model does not use (e.g. a Whisper decoder)
 
     def canonical(self, key: str) -> str:
         for old, new in self.aliases:
@@ -82,15 +93,20 @@ class KeyMap:
 
     def lookup(self, key: str) -> Optional[tuple[Optional[str], Transform]]:
         key = self.canonical(key)
+        if key.startswith(self.drop_prefixes) and self.drop_prefixes:
+            return None
         for rule, regex in self.rules:
             m = regex.match(key)
             if m:
                 if rule.target is None:
                     return None, rule.transform
-                target = rule.target
-                for slot in m.groups():
-                    target = target.replace("{}", slot, 1)
-                return target, rule.transform
+                targets = rule.target if isinstance(rule.target, tuple) else (rule.target,)
+                filled_in = []
+                for target in targets:
+                    for slot in m.groups():
+                        target = target.replace("{}", slot, 1)
+                    filled_in.append(target)
+                return (tuple(filled_in) if isinstance(rule.target, tuple) else filled_in[0]), rule.transform
         raise KeyError(key)
 
 
@@ -125,6 +141,15 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, Tensor]]:
             yield key, tensor.view(info["shape"])
 
 
+def read_tensors(path: Path) -> Iterator[tuple[str, Tensor]]:
+    """`(key, tensor)` pairs of a safetensors file, or of a torch state-dict file (`.pth`/`.bin`)."""
+    if path.suffix == ".safetensors":
+        yield from read_safetensors(path)
+        return
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    yield from state.items()
+
+
 def checkpoint_shards(folder: Path, stem: str = "model") -> list[Path]:
     """The safetensors files of a checkpoint; fails clearly on missing shards."""
     index = folder / f"{stem}.safetensors.index.json"
@@ -157,7 +182,7 @@ def load_checkpoint(
     unmapped: list[str] = []
     with torch.no_grad():
         for path in files:
-            for key, tensor in read_safetensors(path):
+            for key, tensor in read_tensors(path):
                 try:
                     found = key_map.lookup(key)
                 except KeyError:
@@ -165,23 +190,25 @@ def load_checkpoint(
                     continue
                 if found is None or found[0] is None:
                     continue
-                name, transform = prefix + found[0], found[1]
-                if name not in params:
-                    raise CheckpointError(f"{what} key {key!r} maps to {name!r}, which this model does not have")
-                target = params[name]
+                names = [prefix + n for n in (found[0] if isinstance(found[0], tuple) else (found[0],))]
+                missing = [n for n in names if n not in params]
+                if missing:
+                    raise CheckpointError(f"{what} key {key!r} maps to {missing[0]!r}, which this model does not have")
+                targets = [params[n] for n in names]
                 try:
-                    value = transform(tensor, target)
+                    values = found[1](tensor, targets if len(targets) > 1 else targets[0])
                 except RuntimeError as err:
                     raise CheckpointError(
-                        f"{what} key {key!r} has shape {tuple(tensor.shape)}, which does not fit {name} "
-                        f"{tuple(target.shape)}: {err}"
+                        f"{what} key {key!r} has shape {tuple(tensor.shape)}, which does not fit "
+                        f"{', '.join(f'{n} {tuple(t.shape)}' for n, t in zip(names, targets))}: {err}"
                     ) from None
-                if value.shape != target.shape:
-                    raise CheckpointError(
-                        f"{what} key {key!r} has shape {tuple(tensor.shape)}; {name} needs {tuple(target.shape)}"
-                    )
-                target.copy_(value)
-                filled.add(name)
+                for name, target, value in zip(names, targets, values if len(targets) > 1 else (values,)):
+                    if value.shape != target.shape:
+                        raise CheckpointError(
+                            f"{what} key {key!r} has shape {tuple(tensor.shape)}; {name} needs {tuple(target.shape)}"
+                        )
+                    target.copy_(value)
+                    filled.add(name)
     if unmapped:
         shown = ", ".join(unmapped[:8]) + (f" and {len(unmapped) - 8} more" if len(unmapped) > 8 else "")
         raise CheckpointError(f"{what} has {len(unmapped)} key(s) this converter does not know: {shown}")

@@ -47,6 +47,7 @@ def convert_config(hf_config) -> LALMConfig:
     a, t = hf_config.audio_config, hf_config.text_config
     encoder = whisper_encoder_config(a, pool=2, final_norm=True, mask_padding=True)
     lm = lm_block_config(t)
+    lm.tie_word_embeddings = False  # Qwen2AudioForConditionalGeneration keeps its own lm_head whatever the flag
     audio_token_id = getattr(hf_config, "audio_token_id", None) or getattr(hf_config, "audio_token_index")
     return LALMConfig(
         family="qwen2_audio",

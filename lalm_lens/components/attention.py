@@ -69,19 +69,8 @@ class Attention(nn.Module):
         """Match key/value heads to query heads (identity here; see GroupedQueryAttention)."""
         return k, v
 
-    def forward(
-        self,
-        x: Float[Tensor, "batch pos d_model"],
-        mask: Optional[Tensor] = None,
-        rope: Optional[tuple[Tensor, Tensor]] = None,
-        kv_cache: Optional[KVCache] = None,
-    ) -> Float[Tensor, "batch pos d_model"]:
-        q = self.hook_q(project(x, self.W_Q, self.b_Q))
-        k = self.hook_k(project(x, self.W_K, self.b_K))
-        v = self.hook_v(project(x, self.W_V, self.b_V))
-        q, k = self.position(q, k, rope)
-        if kv_cache is not None:
-            k, v = kv_cache.update(self.layer, k, v)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Float[Tensor, "batch pos head d_head"]:
+        """Softmax attention of `[batch, pos, head, d_head]` queries over keys/values."""
         k, v = self.expand_kv(k, v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
         if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
@@ -93,7 +82,26 @@ class Attention(nn.Module):
             z = pattern @ v
         else:
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head, d_head]
+        return z.transpose(1, 2)
+
+    def forward(
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        mask: Optional[Tensor] = None,
+        rope: Optional[tuple[Tensor, Tensor]] = None,
+        kv_cache: Optional[KVCache] = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        q = self.hook_q(project(x, self.W_Q, self.b_Q))
+        k = self.hook_k(project(x, self.W_K, self.b_K))
+        v = self.hook_v(project(x, self.W_V, self.b_V))
+        q, k = self.position(q, k, rope)
+        if kv_cache is not None and kv_cache.shared:
+            z = kv_cache.attend(self, q, k, v, mask)
+        else:
+            if kv_cache is not None:
+                k, v = kv_cache.update(self.layer, k, v)
+            z = self.attend(q, k, v, mask)
+        z = self.hook_z(z)  # [batch, pos, head, d_head]
         if self.cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O))
             return result.sum(-2) + self.b_O

@@ -47,7 +47,7 @@ class AudioEncoder(nn.Module):
         self.conv1 = nn.Conv1d(cfg.n_mels, d, kernel_size=3, padding=1, dtype=cfg.dtype)
         self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1, dtype=cfg.dtype)
         pos = sinusoids(cfg.n_ctx, d) if cfg.positional_embedding_type == "sinusoidal" else torch.empty(cfg.n_ctx, d)
-        self.W_pos = nn.Parameter(pos.to(cfg.dtype), requires_grad=False)
+        self.W_pos = nn.Parameter(pos.to(torch.float32 if cfg.fp32_positions else cfg.dtype), requires_grad=False)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.ln_post = make_norm(cfg) if cfg.final_norm else None
         self.hook_conv1 = HookPoint()  # [batch, frames, d_model]
@@ -70,8 +70,24 @@ class AudioEncoder(nn.Module):
         frame_mask: Optional[Bool[Tensor, "batch frames"]] = None,
         keep_layers: tuple[int, ...] = (),
     ) -> EncoderOutput:
+        """Encode log-mel features; with `mask_padding`, padded frames are cropped first.
+
+        Frames past `2 * T + crop_extra` are dropped (T: the longest clip's conv
+        output length). With `crop_extra=2` this is exact against the uncropped
+        computation (padded positions are masked keys, and the convolutions read at
+        most two frames past the end); Qwen-Audio crops at `2 * T` itself (`crop_extra=0`).
+        """
         cfg = self.cfg
         batch, _, frames = features.shape
+        if cfg.n_frames is not None and frames != cfg.n_frames:
+            raise ValueError(f"the encoder takes {cfg.n_frames} mel frames (the processor pads to them), got {frames}")
+        n_frames = frame_mask.sum(-1) if frame_mask is not None else torch.full((batch,), frames)
+        crop = cfg.mask_padding and frame_mask is not None
+        if crop and not bool((frame_mask.long().cumprod(-1).sum(-1) == n_frames).all()):
+            raise ValueError("feature_attention_mask must mark the leading frames as valid (right padding)")
+        if crop:
+            t_max = (int(n_frames.max()) - 1) // 2 + 1
+            features = features[..., : min(frames, 2 * t_max + cfg.crop_extra)]
         features = features.to(self.conv1.weight.dtype)
         x = self.hook_conv1(F.gelu(self.conv1(features)).transpose(1, 2))
         x = self.hook_conv2(F.gelu(self.conv2(x.transpose(1, 2))).transpose(1, 2))
@@ -79,13 +95,9 @@ class AudioEncoder(nn.Module):
         if n_pos > self.W_pos.shape[0]:
             raise ValueError(f"{frames} mel frames give {n_pos} positions; the encoder has {self.W_pos.shape[0]}")
         pos = self.hook_pos_embed(self.W_pos[:n_pos].expand(batch, n_pos, -1))
-        x = self.hook_embed(x + pos)
-
-        n_frames = frame_mask.sum(-1) if frame_mask is not None else torch.full((batch,), frames, device=x.device)
+        x = self.hook_embed((x + pos).to(x.dtype))
         valid_pos, lengths = self.output_lengths(n_frames.to(x.device))
-        key_valid = None
-        if cfg.mask_padding and frame_mask is not None:
-            key_valid = torch.arange(n_pos, device=x.device)[None, :] < valid_pos[:, None]
+        key_valid = torch.arange(n_pos, device=x.device)[None, :] < valid_pos[:, None] if crop else None
         mask = attention_bias(
             torch.arange(n_pos, device=x.device), n_pos, causal=False, key_valid=key_valid, dtype=x.dtype
         )

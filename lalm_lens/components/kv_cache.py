@@ -1,4 +1,4 @@
-"""Key/value cache for incremental decoding and suffix re-runs."""
+"""Key/value caches: incremental decoding, and many suffixes over one shared prefix."""
 
 from typing import Optional
 
@@ -7,17 +7,16 @@ from torch import Tensor
 
 
 class KVCache:
-    """Per-layer keys and values (after RoPE, before GQA expansion).
+    """Per-layer keys and values `[batch, pos, n_kv_heads, d_head]` (after RoPE, before GQA expansion).
 
-    Tensors are `[batch, pos, n_kv_heads, d_head]`. `update` appends and returns
-    the full keys/values for the layer; `frozen=True` returns the concatenation
-    without storing it (used to run many suffixes against one shared prefix).
+    `update` appends the new positions and returns the full keys/values.
     """
 
-    def __init__(self, n_layers: int, frozen: bool = False):
+    shared = False
+
+    def __init__(self, n_layers: int):
         self.keys: list[Optional[Tensor]] = [None] * n_layers
         self.values: list[Optional[Tensor]] = [None] * n_layers
-        self.frozen = frozen
 
     def __len__(self) -> int:
         """Number of cached positions."""
@@ -25,20 +24,44 @@ class KVCache:
         return 0 if k is None else k.shape[1]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        past_k, past_v = self.keys[layer], self.values[layer]
-        if past_k is not None:
-            if past_k.shape[0] != k.shape[0]:
-                past_k = past_k.expand(k.shape[0], *past_k.shape[1:])
-                past_v = past_v.expand(v.shape[0], *past_v.shape[1:])
-            k = torch.cat([past_k, k], dim=1)
-            v = torch.cat([past_v, v], dim=1)
-        if not self.frozen:
-            self.keys[layer], self.values[layer] = k, v
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=1)
+            v = torch.cat([self.values[layer], v], dim=1)
+        self.keys[layer], self.values[layer] = k, v
         return k, v
 
-    def select(self, index: Tensor) -> "KVCache":
-        """A cache holding only the batch rows in `index`."""
-        out = KVCache(len(self.keys), self.frozen)
-        out.keys = [None if k is None else k[index] for k in self.keys]
-        out.values = [None if v is None else v[index] for v in self.values]
-        return out
+
+class SharedPrefixKV:
+    """A read-only prefix shared by many rows: rows are `groups x n_prefix` (prefix row inner).
+
+    Attention over `[prefix; own suffix]` is computed in two parts so the prefix
+    keys/values are never copied per row; the scores and pattern still pass
+    through the attention's hooks as one `[rows, head, q, prefix + suffix]` tensor.
+    """
+
+    shared = True
+
+    def __init__(self, keys: list[Tensor], values: list[Tensor]):
+        self.keys, self.values = keys, values  # per layer: [n_prefix, prefix_len, n_kv_heads, d_head]
+
+    def __len__(self) -> int:
+        return self.keys[0].shape[1]
+
+    def attend(self, attn, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
+        pk, pv = attn.expand_kv(self.keys[attn.layer], self.values[attn.layer])
+        k, v = attn.expand_kv(k, v)
+        n_prefix, prefix_len = pk.shape[:2]
+        rows, n_q, heads, d_head = q.shape
+        groups = rows // n_prefix
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [rows, head, pos, d_head]
+        pk, pv = pk.transpose(1, 2)[None], pv.transpose(1, 2)[None]  # [1, n_prefix, head, prefix, d_head]
+        qg = q.reshape(groups, n_prefix, heads, n_q, d_head)
+        s_prefix = (qg @ pk.transpose(-1, -2)).reshape(rows, heads, n_q, prefix_len)
+        scores = torch.cat([s_prefix, q @ k.transpose(-1, -2)], dim=-1) * attn.scale
+        if mask is not None:
+            scores = scores + mask
+        scores = attn.hook_attn_scores(scores)
+        pattern = attn.hook_pattern(scores.softmax(-1, dtype=torch.float32).to(q.dtype))
+        z_prefix = pattern[..., :prefix_len].reshape(groups, n_prefix, heads, n_q, prefix_len) @ pv
+        z = z_prefix.reshape(rows, heads, n_q, d_head) + pattern[..., prefix_len:] @ v
+        return z.transpose(1, 2)

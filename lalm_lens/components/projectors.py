@@ -51,3 +51,21 @@ class StackProjector(nn.Module):
         x = self.hook_stacked(x.reshape(chunks, frames // self.stack, d * self.stack))
         x = self.hook_hidden(F.gelu(x @ self.W_in))
         return self.hook_out(x @ self.W_out), torch.div(enc.lengths, self.stack, rounding_mode="floor")
+
+
+class TaggedProjector(LinearProjector):
+    """Qwen-Audio: `x @ W + b`, then each clip framed by learned begin/end vectors (`W_tags`),
+    which land on the `<audio>` / `</audio>` tag positions."""
+
+    def __init__(self, cfg: ProjectorConfig, dtype: torch.dtype = torch.float32):
+        super().__init__(cfg, dtype)
+        self.W_tags = nn.Parameter(torch.empty(2, cfg.d_out, dtype=dtype))  # [begin, end]
+        self.hook_tagged = HookPoint()  # [clip, 1 + pos + 1, d_out]
+
+    def forward(self, enc: EncoderOutput) -> tuple[Float[Tensor, "clip pos d_out"], Tensor]:
+        x, lengths = super().forward(enc)
+        clips, width, d = x.shape
+        out = x.new_zeros(clips, width + 2, d)
+        for i, n in enumerate(lengths.tolist()):
+            out[i, 0], out[i, 1 : n + 1], out[i, n + 1] = self.W_tags[0], x[i, :n], self.W_tags[1]
+        return self.hook_tagged(out), lengths + 2

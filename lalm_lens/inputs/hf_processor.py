@@ -10,10 +10,10 @@ import torch
 
 from lalm_lens.config import LALMConfig
 from lalm_lens.inputs.audio import limit_duration, load_waveform
-from lalm_lens.inputs.prepared import PreparedInput
+from lalm_lens.inputs.prepared import PreparedInput, batch_items
 from lalm_lens.inputs.spans import text_spans, token_ranges
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "tekken.json")
 
 
 def load_processor(folder: Path):
@@ -23,10 +23,6 @@ def load_processor(folder: Path):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(folder)
-
-
-def as_list(x) -> list:
-    return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 class HFProcessorInputs:
@@ -59,23 +55,18 @@ class HFProcessorInputs:
         audio=None,
         prompt=None,
         *,
-        answer_prefix: Optional[str] = None,
+        answer_prefix=None,
         sampling_rate: Optional[int] = None,
         options: Optional[Sequence[str]] = None,
         system: Optional[str] = None,
         raw: bool = False,
     ) -> PreparedInput:
-        if prompt is None:
-            raise ValueError("prepare() needs a prompt")
-        prompts = as_list(prompt)
-        audios = as_list(audio) if audio is not None else []
-        if audios and len(audios) != len(prompts):
-            raise ValueError(f"{len(audios)} audio clip(s) for {len(prompts)} prompt(s)")
+        audios, prompts, prefixes = batch_items(audio, prompt, answer_prefix)
         waves = [
             limit_duration(load_waveform(a, sampling_rate, self.sampling_rate), self.sampling_rate, self.max_seconds, "this model")
             for a in audios
         ]
-        texts = [self.render(p, bool(waves), answer_prefix, system, raw) for p in prompts]
+        texts = [self.render(p, bool(waves), a, system, raw) for p, a in zip(prompts, prefixes)]
         out = self.processor(
             text=texts, audio=waves or None, sampling_rate=self.sampling_rate, return_tensors="pt", padding=True
         )
@@ -84,8 +75,8 @@ class HFProcessorInputs:
         ids = tensors["input_ids"]
         audio_id = self.config.audio_token_id
         spans = [
-            self._spans(text, row, prompt_i, options, answer_prefix, raw)
-            for text, row, prompt_i in zip(texts, ids, prompts)
+            self._spans(text, row, prompt_i, options, prefix, raw)
+            for text, row, prompt_i, prefix in zip(texts, ids, prompts, prefixes)
         ]
         return PreparedInput(
             tensors=tensors,

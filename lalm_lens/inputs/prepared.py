@@ -66,3 +66,17 @@ class PreparedInput(Mapping):
         shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.tensors.items())
         n_audio = [len(p) for p in self.audio_positions]
         return f"PreparedInput({shapes}, audio_tokens={n_audio}, sampling_rate={self.sampling_rate})"
+
+
+def batch_items(audio, prompt, answer_prefix) -> tuple[list, list[str], list]:
+    """Normalise `prepare()` arguments to equal-length lists: (audios or [], prompts, answer prefixes)."""
+    if prompt is None:
+        raise ValueError("prepare() needs a prompt")
+    prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
+    audios = (list(audio) if isinstance(audio, (list, tuple)) else [audio]) if audio is not None else []
+    if audios and len(audios) != len(prompts):
+        raise ValueError(f"{len(audios)} audio clip(s) for {len(prompts)} prompt(s)")
+    prefixes = list(answer_prefix) if isinstance(answer_prefix, (list, tuple)) else [answer_prefix] * len(prompts)
+    if len(prefixes) != len(prompts):
+        raise ValueError(f"{len(prefixes)} answer prefixes for {len(prompts)} prompts")
+    return audios, prompts, prefixes

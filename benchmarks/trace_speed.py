@@ -1,0 +1,163 @@
+"""Causal-trace speed: TransformerLens patching vs a run_with_hooks loop vs our fast engine.
+
+Same random LALM (Whisper-style encoder 4 x 256, LM 8 layers x 256), same
+inputs, one process. Cases: LALM-shaped (375 audio tokens then 40 text tokens)
+and short audio (50 audio + 40 text). Sweeps: token-wise residual (resid_pre at
+every text position x every layer) and layers mode (all text positions at once,
+per layer). Prints seconds, speed-ups, our time over the FLOP lower bound (the
+suffix work alone, at the measured per-token-layer cost of a plain LM forward),
+and peak memory against one forward with a full cache.
+Targets on a 2-core CPU: token-wise >= 20x TransformerLens on the LALM-shaped
+case, >= 5x on the short case, layers mode >= 5x, peak memory <= 2x.
+
+    python benchmarks/trace_speed.py [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from transformer_lens import patching  # noqa: E402
+
+from benchmarks._measure import PeakRSS, best_time, mib  # noqa: E402
+from lalm_lens import BlockConfig, EncoderConfig, HookedLALM, LALMConfig, ProjectorConfig  # noqa: E402
+from lalm_lens.tracing import causal_trace  # noqa: E402
+
+AUDIO_ID, VOCAB, D, LAYERS = 4095, 4096, 256, 8
+
+
+def build_model(device: str) -> HookedLALM:
+    enc = EncoderConfig(d_model=D, d_head=64, n_heads=4, n_layers=4, n_ctx=1500, d_mlp=4 * D, act_fn="gelu",
+                        normalization_type="LN", positional_embedding_type="learned", causal=False, pool=2,
+                        final_norm=True, n_mels=128, n_frames=3000, mask_padding=True, device=device)
+    lm = BlockConfig(d_model=D, d_head=64, n_heads=4, n_key_value_heads=4, n_layers=LAYERS, n_ctx=4096, d_mlp=4 * D,
+                     d_vocab=VOCAB, act_fn="silu", gated_mlp=True, normalization_type="RMS",
+                     positional_embedding_type="rotary", eps=1e-6, device=device)
+    config = LALMConfig(family="qwen2_audio", lm=lm, encoder=enc, projector=ProjectorConfig("linear", D, D),
+                        audio_token_id=AUDIO_ID)
+    return HookedLALM(config).init_weights(std=0.05, seed=0).to(device).eval()
+
+
+def make_inputs(n_audio: int, n_text: int, device: str, seed: int = 0):
+    from transformers import WhisperFeatureExtractor
+
+    seconds = n_audio / 25
+    rng = np.random.default_rng(seed)
+    wave = (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+    fe = WhisperFeatureExtractor(feature_size=128)
+    ids = torch.tensor([[AUDIO_ID] * n_audio + rng.integers(0, VOCAB - 1, n_text).tolist()])
+
+    def inputs(w):
+        f = fe(w, sampling_rate=16000, return_attention_mask=True, return_tensors="pt")
+        return dict(input_ids=ids, input_features=f["input_features"], feature_attention_mask=f["attention_mask"])
+
+    to = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+    return to(inputs(wave)), to(inputs(np.zeros_like(wave)))
+
+
+def sweep(model, clean, corrupted, mode: str, answer: int, text: list[int]):
+    """{method: seconds} for one sweep, and the engine's peak memory vs one cached forward."""
+    T = clean["input_ids"].shape[1]
+    final = T - 1
+
+    def metric(logits):
+        return logits[0, final].float().softmax(-1)[answer]
+
+    def tl():
+        with torch.no_grad():
+            _, cache = model.run_with_cache(clean)
+            view = model.with_audio(corrupted)
+            if mode == "tokens":
+                cells = pd.DataFrame([(l, p) for l in range(LAYERS) for p in text], columns=["layer", "pos"])
+                return patching.get_act_patch_resid_pre(view, corrupted["input_ids"], cache, metric,
+                                                        index_axis_names=None, index_df=cells)
+
+            def setter(act, index, clean_act):
+                act[:, text] = clean_act[:, text]
+                return act
+
+            return patching.generic_activation_patch(view, corrupted["input_ids"], cache, metric, setter, "resid_pre",
+                                                     index_axis_names=("layer",))
+
+    kw = dict(answer=answer, mode=mode, states="resid_pre", positions=text)
+    runs = {
+        "transformer_lens.patching": tl,
+        "run_with_hooks loop": lambda: causal_trace(model, clean, corrupted, engine="reference", **kw),
+        "lalm-lens fast engine": lambda: causal_trace(model, clean, corrupted, engine="fast", **kw),
+    }
+    import tqdm as _tqdm  # silence TL's per-cell progress bar
+    from functools import partialmethod
+
+    _tqdm.tqdm.__init__ = partialmethod(_tqdm.tqdm.__init__, disable=True)
+    times, outputs = {}, {}
+    for name, fn in runs.items():  # the slow baselines run once; the engine best of 3
+        fast = name == "lalm-lens fast engine"
+        times[name] = best_time(lambda: outputs.__setitem__(name, fn()), repeat=3 if fast else 1, warmup=int(fast))
+    exact = outputs["lalm-lens fast engine"].p_patched.flatten().float()
+    ref = outputs["run_with_hooks loop"].p_patched.flatten().float()
+    tl_values = outputs["transformer_lens.patching"].flatten().float()
+    with PeakRSS() as engine_mem:
+        runs["lalm-lens fast engine"]()
+    with PeakRSS() as cache_mem:
+        with torch.no_grad():
+            model.run_with_cache(clean)
+    diffs = ((exact - ref).abs().max().item(), (exact - tl_values).abs().max().item())
+    return times, diffs, engine_mem.added, cache_mem.added
+
+
+def lower_bound_seconds(model, corrupted, mode: str, text: list[int]) -> float:
+    """Suffix work (token x layer units) at the per-unit cost of a plain LM forward."""
+    T = corrupted["input_ids"].shape[1]
+    with torch.no_grad():
+        audio = model.encode_audio(corrupted["input_features"], corrupted["feature_attention_mask"])
+        lm_only = dict(input_ids=corrupted["input_ids"], audio_embeds=audio)
+        per_unit = best_time(lambda: model(lm_only), repeat=5) / (T * LAYERS)
+    if mode == "tokens":
+        units = sum((T - p) * (LAYERS - l) for l in range(LAYERS) for p in text)
+    else:
+        units = sum((T - min(text)) * (LAYERS - l) for l in range(LAYERS))
+    return units * per_unit
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}")
+    model = build_model(args.device)
+    answer = 17
+    targets = {("LALM-shaped", "tokens"): 20, ("short audio", "tokens"): 5, ("LALM-shaped", "layers"): 5,
+               ("short audio", "layers"): 5}
+    for case, n_audio in (("LALM-shaped", 375), ("short audio", 50)):
+        clean, corrupted = make_inputs(n_audio, 40, args.device)
+        text = list(range(n_audio, n_audio + 40))
+        for mode in ("tokens", "layers"):
+            times, diff, engine_peak, cache_peak = sweep(model, clean, corrupted, mode, answer, text)
+            bound = lower_bound_seconds(model, corrupted, mode, text)
+            n_cells = LAYERS * (len(text) if mode == "tokens" else 1)
+            tl = times["transformer_lens.patching"]
+            print(f"\n== {case}: {n_audio} audio + 40 text tokens, {mode} sweep, {n_cells} cells ==")
+            print(f"{'method':28s} {'seconds':>9s} {'speed-up vs TL':>15s}")
+            for name, sec in times.items():
+                print(f"{name:28s} {sec:9.3f} {tl / sec:14.1f}x")
+            ours = times["lalm-lens fast engine"]
+            target = targets[(case, mode)]
+            print(f"FLOP lower bound (suffix work): {bound:.3f} s; ours / bound = {ours / bound:.1f}")
+            print(f"max |Δ p_patched| fast vs loop: {diff[0]:.1e}, fast vs TransformerLens: {diff[1]:.1e}")
+            print(f"peak memory: engine {mib(engine_peak)}, one forward with full cache {mib(cache_peak)} "
+                  f"-> {engine_peak / max(cache_peak, 1):.2f}x [target <= 2x]")
+            print(f"speed-up vs TransformerLens {tl / ours:.1f}x [target >= {target}x: "
+                  f"{'met' if tl / ours >= target else 'NOT met'}]")
+
+
+if __name__ == "__main__":
+    main()

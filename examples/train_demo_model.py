@@ -1,0 +1,11 @@
+"""Train the bundled demo LALM (a tiny Qwen2-Audio-format model on synthesized sounds).
+
+    python examples/train_demo_model.py --out lalm_lens/demo_model      # ~10 min on 2 CPU cores
+
+See `lalm_lens/demo/train.py` for the recipe and `lalm_lens/demo/synth.py` for the data.
+"""
+
+from lalm_lens.demo.train import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Reference implementations for families that are not in `transformers`, assembled from its parts."""
