@@ -15,7 +15,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def load_model(args: argparse.Namespace):
     from lalm_lens import HookedLALM
 
-    return HookedLALM.from_pretrained(args.model, device=args.device, dtype=DTYPES.get(args.dtype))
+    load = {k: v for k, v in (("encoder_path", args.encoder_path), ("llm_path", args.llm_path)) if v}
+    return HookedLALM.from_pretrained(args.model, device=args.device, dtype=DTYPES.get(args.dtype), **load)
 
 
 def trace_settings(args: argparse.Namespace) -> dict:
@@ -40,7 +41,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if missing:
         print(f"lalm-lens trace: {', '.join(missing)} required with --model {args.model}", file=sys.stderr)
         return 2
-    inp = model.prepare(audio, prompt, answer_prefix=prefix, options=options)
+    extra = {"transcript": args.transcript} if args.transcript is not None else {}
+    inp = model.prepare(audio, prompt, answer_prefix=prefix, options=options, **extra)
     modes = ["tokens", "layers"] if args.mode == "both" else [args.mode]
     summary = {}
     for mode in modes:
@@ -74,7 +76,10 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from lalm_lens.verification import verify
 
-    report = verify(args.model, audio=args.audio, prompt=args.prompt, dtype=DTYPES.get(args.dtype), device=args.device)
+    load = {k: v for k, v in (("encoder_path", args.encoder_path), ("llm_path", args.llm_path)) if v}
+    prepare = {"transcript": args.transcript} if args.transcript is not None else {}
+    report = verify(args.model, audio=args.audio, prompt=args.prompt, dtype=DTYPES.get(args.dtype), device=args.device,
+                    prepare_kwargs=prepare, **load)
     print(report)
     return 0 if report.passed else 1
 
@@ -92,6 +97,8 @@ def add_model_args(p: argparse.ArgumentParser, default_model=None) -> None:
                    help="hub id or checkpoint folder" + (" (default: the bundled demo model)" if default_model else ""))
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: the checkpoint's own")
+    p.add_argument("--encoder-path", help="DeSTA: a local Whisper folder instead of the config's encoder id")
+    p.add_argument("--llm-path", help="DeSTA: a local LM folder instead of the config's LM id")
 
 
 def add_trace_args(p: argparse.ArgumentParser, default_mode: str) -> None:
@@ -119,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--answer", help="the expected one-token answer")
     t.add_argument("--options", nargs="+", help="the answer options named in the prompt")
     t.add_argument("--answer-prefix")
+    t.add_argument("--transcript", help="DeSTA: the transcript (default: Whisper decoding)")
     add_trace_args(t, default_mode="both")
     t.set_defaults(func=cmd_trace)
 
@@ -136,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--prompt", default="Describe the audio.")
     v.add_argument("--dtype", choices=sorted(DTYPES), help="default: the checkpoint's own")
     v.add_argument("--device", help="default: cuda if available, else cpu")
+    v.add_argument("--encoder-path", help="DeSTA: a local Whisper folder instead of the config's encoder id")
+    v.add_argument("--llm-path", help="DeSTA: a local LM folder instead of the config's LM id")
+    v.add_argument("--transcript", help="DeSTA: the transcript to use instead of Whisper decoding")
     v.set_defaults(func=cmd_verify)
 
     g = sub.add_parser("demo-data", help="write held-out synthetic items for trace-dataset")

@@ -157,3 +157,21 @@ def test_desta2_layout_taps_and_reference(tmp_path):
     out = ref(**inp)
     assert max_diff(logits, out.logits) <= TOL
     assert max_diff(cache["hook_audio_embeds"], out.audio_embeds) <= TOL
+
+
+def test_cli_verify_and_trace(desta_dir, tmp_path, capsys):
+    import soundfile
+
+    from lalm_lens.cli import main
+    from lalm_lens.tracing import TraceResult
+
+    assert main(["verify", str(desta_dir), "--transcript", SAID, "--device", "cpu"]) == 0
+    assert "PASS" in capsys.readouterr().out
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, clip(1.5), 16000)
+    out = tmp_path / "out"
+    assert main(["trace", "--model", str(desta_dir), "--audio", str(wav), "--prompt", PROMPT, "--answer", "male",
+                 "--options", "male", "female", "--answer-prefix", ANSWER_PREFIX, "--transcript", SAID,
+                 "--mode", "tokens", "--out", str(out), "--device", "cpu"]) == 0
+    result = TraceResult.load(out / "trace_tokens.json")
+    assert "transcript" in set(result.groups.values()) and (out / "heatmap_tokens.png").is_file()

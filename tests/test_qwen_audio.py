@@ -93,3 +93,17 @@ def test_base_model_raw_format_and_verify(tmp_path):
     assert inp.str_tokens[0][0] == "<audio>" and "<|question|>" in inp.str_tokens[0]
     report = lalm_lens.verify(str(folder), device="cpu")
     assert report.passed and len(report.encoder_layers) == 2, str(report)
+
+
+@torch.no_grad()
+def test_bfloat16_is_as_close_to_float32_as_the_reference(qwen_audio_dir, qa, ref):
+    """In bfloat16 both sides round differently; ours must stay at least as close to the float32 result."""
+    from weight_conversion import qwen_audio as family
+
+    ours16 = HookedLALM.from_pretrained(qwen_audio_dir, device="cpu", dtype=torch.bfloat16)
+    ref16 = family.reference_model(qwen_audio_dir, dtype=torch.bfloat16, device="cpu")
+    inp = qa.prepare(clip(2.0), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
+    truth = qa(inp)
+    ours_err = max_diff(ours16(inp), truth)
+    ref_err = max_diff(ref16(**inp).logits, truth)
+    assert ours_err <= 1.25 * ref_err and ours_err <= 0.1 * truth.abs().max().item()

@@ -16,7 +16,7 @@ perturb the clean audio vectors; noise samples are extra rows).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -86,8 +86,9 @@ def joint_run(model, clean, corr, states: str, answer: int, final: int, first: i
     resid = [get_act_name("resid_pre", l) for l in range(L)]
     cache = KVCache(L)
     wanted = set(keep) | set(resid)
-    logits, acts = model.run_with_cache(inputs, kv_cache=cache, names_filter=lambda name: name in wanted)
-    probs = answer_prob(logits, final, answer)
+    last, acts = model.run_with_cache(inputs, kv_cache=cache, names_filter=lambda name: name in wanted,
+                                      stop_at_layer=L)
+    probs = answer_prob(model.unembed(model.ln_final(last[:, final : final + 1])), 0, answer)  # final position only
     positions = clean.get("position_ids")
     if positions is None:
         positions = torch.arange(clean["input_ids"].shape[1], device=model.device)[None]
@@ -156,6 +157,8 @@ def run_suffix(model, runs: Runs, states: str, cells: list, positions: tuple[int
 def fast_engine(model, clean, corr, *, states, cells, answer, final, max_batch_tokens=None, **_):
     """Same numbers as the reference engine (float32 within 1e-5), far fewer FLOPs."""
     budget = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS
+    on_device = lambda inputs: {k: v.to(model.device) for k, v in inputs.items() if isinstance(v, Tensor)}  # noqa: E731
+    clean, corr = on_device(clean), replace(corr, inputs=on_device(corr.inputs))
     first = min(min(c.positions) for c in cells)
     runs = joint_run(model, clean, corr, states, answer, final, first)
     by_positions: dict[tuple, list[int]] = defaultdict(list)
