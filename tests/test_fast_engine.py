@@ -84,3 +84,75 @@ def test_attribution_patching_correlates_with_exact(family, capsys):
     with capsys.disabled():
         print(f"\n[attribution patching] Pearson r with the exact effects, {a.numel()} cells: {r:.4f}")
     assert np.isfinite(r)
+
+
+def test_no_op_patches_are_skipped(family, monkeypatch):
+    """Restoring a state the corruption never changed (before the audio; `resid_pre` at layer 0 on text)
+    is the corrupted run: those cells run no suffix, and their numbers still equal the reference."""
+    from lalm_lens.tracing import fast_engine as fe
+
+    model, item = family
+    groups = token_groups(item)
+    before, after = groups.index("template"), len(groups) - 2
+    assert before < groups.index("audio") < after
+    suffix_layers = []
+    original = fe.run_suffix
+    monkeypatch.setattr(fe, "run_suffix", lambda m, r, s, cells, *a: suffix_layers.extend(c.layers for c in cells)
+                        or original(m, r, s, cells, *a))
+    kw = dict(answer=item.meta["answer"], states="resid_pre", window=3, positions=[before, after])
+    fast = causal_trace(model, item, **kw)
+    ref = causal_trace(model, item, engine="reference", **kw)
+    L = model.cfg.n_layers
+    # layer 0 with window 3 patches layers (0, 1): only layer 1 is left after the audio, nothing before it
+    assert (1,) in suffix_layers and (0, 1) not in suffix_layers
+    assert len(suffix_layers) == L  # only the cells at `after` ran
+    assert torch.equal(fast.p_patched[:, 0], torch.full((L,), fast.p_corrupted, dtype=torch.float64))
+    assert (ref.p_patched - fast.p_patched).abs().max().item() <= 1e-5
+
+
+def test_answer_only_last_block_equals_full_block(qwen2_audio):
+    """The last-layer shortcut: the block at one position over projected keys/values of the rest."""
+    from lalm_lens.tracing.answer_layer import answer_only
+
+    model = qwen2_audio
+    block, T, at = model.blocks[-1], 9, 6
+    x = torch.randn(3, T, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    mask = model.lm_mask(T, 0, torch.tensor([[1] * T, [1] * T, [0, 0] + [1] * (T - 2)]), x.dtype)
+    rope = model.rotary.cos_sin(torch.arange(T)[None], x.dtype)
+    with torch.no_grad():
+        full = block(x, mask, rope)
+        out, k, v = answer_only(block, x, at, mask, rope)
+        keys, values = block.attn.key_value(block.ln1(x), rope)
+    assert out.shape == (3, 1, model.cfg.d_model)
+    assert (out[:, 0] - full[:, at]).abs().max().item() <= 1e-5
+    assert torch.equal(k, keys) and torch.equal(v, values)
+
+
+@pytest.mark.parametrize("states", ["k", "v", "q", "z"])
+def test_fast_equals_reference_for_head_states(family, states):
+    """States the last-layer shortcut treats differently: k/v reach the answer from every position."""
+    model, item = family
+    kw = dict(answer=item.meta["answer"], states=states, positions=positions_for(item))
+    ref = causal_trace(model, item, engine="reference", **kw)
+    fast = causal_trace(model, item, **kw)
+    assert (ref.p_patched - fast.p_patched).abs().max().item() <= 1e-5
+
+
+def test_hooks_on_the_last_block_see_every_position(family):
+    """With a hook of the user's on the last block the shortcut is off: the hook sees full tensors."""
+    from lalm_lens.tracing.answer_layer import usable
+
+    model, item = family
+    shapes = []
+    hook_point = model.blocks[-1].hook_mlp_out
+    hook_point.add_hook(lambda act, hook: shapes.append(act.shape[1]), is_permanent=True)
+    try:
+        assert not usable(model.blocks[-1], "resid_pre")
+        fast = causal_trace(model, item, answer=item.meta["answer"], states="resid_pre", mode="layers")
+    finally:
+        hook_point.remove_hooks("fwd", including_permanent=True)
+    assert usable(model.blocks[-1], "resid_pre")
+    T = item.tensors["input_ids"].shape[1]
+    assert shapes[0] == T and min(shapes) > 1  # the joint run, then whole suffixes
+    ref = causal_trace(model, item, answer=item.meta["answer"], states="resid_pre", mode="layers", engine="reference")
+    assert (ref.p_patched - fast.p_patched).abs().max().item() <= 1e-5

@@ -61,9 +61,19 @@ class Attention(nn.Module):
     def n_kv_heads(self) -> int:
         return self.cfg.n_heads
 
-    def position(self, q: Tensor, k: Tensor, rope: Optional[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """Apply positional information to q and k (none here; see RotaryAttention)."""
-        return q, k
+    def position_query(self, q: Tensor, rope: Optional[tuple[Tensor, Tensor]]) -> Tensor:
+        """Apply positional information to q (none here; see RotaryAttention)."""
+        return q
+
+    def position_key(self, k: Tensor, rope: Optional[tuple[Tensor, Tensor]]) -> Tensor:
+        """Apply positional information to k (none here; see RotaryAttention)."""
+        return k
+
+    def key_value(self, x: Float[Tensor, "batch pos d_model"], rope: Optional[tuple[Tensor, Tensor]] = None):
+        """Positioned keys and values `[batch, pos, kv_head, d_head]` of normalised inputs `x`."""
+        k = self.hook_k(project(x, self.W_K, self.b_K))
+        v = self.hook_v(project(x, self.W_V, self.b_V))
+        return self.position_key(k, rope), v
 
     def expand_kv(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Match key/value heads to query heads (identity here; see GroupedQueryAttention)."""
@@ -91,10 +101,8 @@ class Attention(nn.Module):
         rope: Optional[tuple[Tensor, Tensor]] = None,
         kv_cache: Optional[KVCache] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        q = self.hook_q(project(x, self.W_Q, self.b_Q))
-        k = self.hook_k(project(x, self.W_K, self.b_K))
-        v = self.hook_v(project(x, self.W_V, self.b_V))
-        q, k = self.position(q, k, rope)
+        q = self.position_query(self.hook_q(project(x, self.W_Q, self.b_Q)), rope)
+        k, v = self.key_value(x, rope)
         if kv_cache is not None and kv_cache.shared:
             z = kv_cache.attend(self, q, k, v, mask)
         else:

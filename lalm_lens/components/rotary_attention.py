@@ -18,9 +18,11 @@ class RotaryAttention(Attention):
         self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
 
-    def position(self, q: Tensor, k: Tensor, rope: Optional[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        cos, sin = rope
-        return self.hook_rot_q(Rotary.rotate(q, cos, sin)), self.hook_rot_k(Rotary.rotate(k, cos, sin))
+    def position_query(self, q: Tensor, rope: Optional[tuple[Tensor, Tensor]]) -> Tensor:
+        return self.hook_rot_q(Rotary.rotate(q, *rope))
+
+    def position_key(self, k: Tensor, rope: Optional[tuple[Tensor, Tensor]]) -> Tensor:
+        return self.hook_rot_k(Rotary.rotate(k, *rope))
 
 
 class GroupedQueryAttention(RotaryAttention):

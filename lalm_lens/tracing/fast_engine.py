@@ -10,7 +10,9 @@ batch is split to stay under `max_batch_tokens` rows x suffix positions.
 
 The clean and corrupted runs go through the LM together as one batch; the audio
 encoder runs once per distinct input (once in all for noise corruptions, which
-perturb the clean audio vectors; noise samples are extra rows).
+perturb the clean audio vectors; noise samples are extra rows). Cells whose
+leading patches are no-ops start later (`effective_layers`), and the last block
+runs at the answer position only (`answer_layer.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from transformer_lens.utilities import get_act_name
 
 from lalm_lens.components.kv_cache import KVCache, SharedPrefixKV
 from lalm_lens.components.masks import attention_bias
+from lalm_lens.tracing.answer_layer import answer_only, usable
 from lalm_lens.tracing.engines import answer_prob
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
@@ -44,6 +47,7 @@ class Runs:
     positions: Tensor  # [1, T] rotary positions
     key_valid: Optional[Tensor]  # [1, T] attention mask
     first: int
+    unchanged: list[Tensor]  # per layer [T]: `states` equal bitwise in the clean and every corrupted run
 
     @property
     def n_runs(self) -> int:
@@ -86,13 +90,24 @@ def joint_run(model, clean, corr, states: str, answer: int, final: int, first: i
     resid = [get_act_name("resid_pre", l) for l in range(L)]
     cache = KVCache(L)
     wanted = set(keep) | set(resid)
+    T = clean["input_ids"].shape[1]
+    shortcut = states == "resid_pre" and usable(model.blocks[L - 1], states)  # the clean states there are its input
     last, acts = model.run_with_cache(inputs, kv_cache=cache, names_filter=lambda name: name in wanted,
-                                      stop_at_layer=L)
-    probs = answer_prob(model.unembed(model.ln_final(last[:, final : final + 1])), 0, answer)  # final position only
+                                      stop_at_layer=L - 1 if shortcut else L)
+    acts = dict(acts.items())
     positions = clean.get("position_ids")
     if positions is None:
-        positions = torch.arange(clean["input_ids"].shape[1], device=model.device)[None]
+        positions = torch.arange(T, device=model.device)[None]
+    if shortcut:  # the last block at the answer position only; keys/values of all positions for the suffixes
+        acts[resid[-1]] = last
+        mask = model.lm_mask(T, 0, inputs.get("attention_mask"), last.dtype)
+        rope = model.rotary.cos_sin(positions.expand(rows, -1), last.dtype)
+        last, cache.keys[L - 1], cache.values[L - 1] = answer_only(model.blocks[L - 1], last, final, mask, rope)
+    else:
+        last = last[:, final : final + 1]
+    probs = answer_prob(model.unembed(model.ln_final(last)), 0, answer)  # final position only
     mask = clean.get("attention_mask")
+    unchanged = [(acts[name][1:] == acts[name][:1]).flatten(2).all(-1).all(0).cpu() for name in keep]
     return Runs(
         p_clean=probs[0].item(),
         clean={name: acts[name][:1] for name in keep},
@@ -103,7 +118,23 @@ def joint_run(model, clean, corr, states: str, answer: int, final: int, first: i
         positions=positions[:1].to(model.device),
         key_valid=None if mask is None else mask[:1].bool().to(model.device),
         first=first,
+        unchanged=unchanged,
     )
+
+
+def effective_layers(cell, runs: Runs) -> tuple[int, ...]:
+    """The cell's layers without its leading no-op patches.
+
+    Up to a cell's first layer the patched run is the corrupted run, so where the
+    clean state equals the corrupted one there (always so for `resid_pre` at layer
+    0 on text tokens, and at every layer before the audio), restoring it changes
+    nothing and the cell effectively starts one layer later. A cell left with no
+    layers is the corrupted run itself.
+    """
+    layers = list(cell.layers)
+    while layers and bool(runs.unchanged[layers[0]][list(cell.positions)].all()):
+        layers.pop(0)
+    return tuple(layers)
 
 
 def _restore(clean: Tensor, rows: Tensor, rel: list[int], positions: list[int]):
@@ -127,26 +158,39 @@ def run_suffix(model, runs: Runs, states: str, cells: list, positions: tuple[int
     rope = model.rotary.cos_sin(runs.positions[:, i0:], dtype)
     starts = [min(c.layers) for c in cells]
     order = sorted(range(len(cells)), key=lambda j: starts[j])  # rows join in this order
+    L, at = model.cfg.n_layers, final - i0
+    shortcut = 0 <= at < T - i0 and usable(model.blocks[L - 1], states)
     x, joined = None, []
-    for layer in range(starts[order[0]], model.cfg.n_layers):
+    for layer in range(starts[order[0]], L):
         joining = [j for j in order if starts[j] == layer]
         if joining:
             new = runs.resid_pre[layer][:, i0 - runs.first:].repeat(len(joining), 1, 1)
             x = new if x is None else torch.cat([x, new])
             joined += joining
         patch = [r for r, j in enumerate(joined) if layer in cells[j].layers]
-        hook_point = None
-        if patch:
-            rows = torch.tensor([r * n_runs + s for r in patch for s in range(n_runs)], device=x.device)
-            name = get_act_name(states, layer)
-            hook_point = model.hook_dict[name]
-            hook_point.add_hook(_restore(runs.clean[name], rows, rel, list(positions)), level=_HOOK_LEVEL)
+        rows = torch.tensor([r * n_runs + s for r in patch for s in range(n_runs)], device=x.device)
+        name = get_act_name(states, layer)
+        restore = _restore(runs.clean[name], rows, rel, list(positions)) if patch else None
+        last = shortcut and layer == L - 1
+        if last and restore is not None:
+            if states == "resid_pre":
+                restore, x = None, restore(x, None)  # before the keys of every position are projected
+            elif final in positions:
+                restore = _restore(runs.clean[name], rows, [0], [final])  # only the answer position runs
+            else:
+                restore = None  # cannot reach the answer
+        hook_point = model.hook_dict[name] if restore is not None else None
+        if hook_point is not None:
+            hook_point.add_hook(restore, level=_HOOK_LEVEL)
         try:
-            x = model.blocks[layer](x, mask, rope, prefix)
+            if last:
+                x = answer_only(model.blocks[layer], x, at, mask, rope, prefix)[0]
+            else:
+                x = model.blocks[layer](x, mask, rope, prefix)
         finally:
             if hook_point is not None:
                 hook_point.remove_hooks("fwd", level=_HOOK_LEVEL)
-    logits = model.unembed(model.ln_final(x[:, final - i0 : final - i0 + 1]))[:, 0]
+    logits = model.unembed(model.ln_final(x[:, 0 if shortcut else at].unsqueeze(1)))[:, 0]
     probs = logits.float().softmax(-1)[:, answer].view(len(joined), n_runs).mean(1)
     out = torch.empty(len(cells), dtype=torch.float64)
     out[torch.tensor(joined)] = probs.double().cpu()
@@ -159,12 +203,16 @@ def fast_engine(model, clean, corr, *, states, cells, answer, final, max_batch_t
     budget = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS
     on_device = lambda inputs: {k: v.to(model.device) for k, v in inputs.items() if isinstance(v, Tensor)}  # noqa: E731
     clean, corr = on_device(clean), replace(corr, inputs=on_device(corr.inputs))
+    cells = list(cells)  # trimmed copies replace entries below
     first = min(min(c.positions) for c in cells)
     runs = joint_run(model, clean, corr, states, answer, final, first)
+    out = torch.full((len(cells),), runs.probs.mean().item(), dtype=torch.float64)  # no-op cells keep this
     by_positions: dict[tuple, list[int]] = defaultdict(list)
     for j, cell in enumerate(cells):
-        by_positions[cell.positions].append(j)
-    out = torch.empty(len(cells), dtype=torch.float64)
+        layers = effective_layers(cell, runs)
+        if layers:
+            cells[j] = replace(cell, layers=layers)
+            by_positions[cell.positions].append(j)
     T = runs.keys[0].shape[1]
     for positions, members in by_positions.items():
         size = max(1, budget // ((T - min(positions)) * runs.n_runs))
