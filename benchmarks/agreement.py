@@ -25,10 +25,11 @@ def diff(a, b, mask=None) -> float:
     return (d[mask.bool()] if mask is not None else d).max().item()
 
 
-def layers(model, cache, hidden_states) -> float:
+def layers(model, cache, hidden_states, mask=None) -> float:
+    """Worst max |Δ| over every LM layer's input and the final normed output (valid positions only)."""
     n = model.cfg.n_layers
-    worst = max(diff(cache["resid_pre", l], hidden_states[l]) for l in range(n))
-    return max(worst, diff(model.ln_final(cache["resid_post", n - 1]), hidden_states[n]))
+    worst = max(diff(cache["resid_pre", l], hidden_states[l], mask) for l in range(n))
+    return max(worst, diff(model.ln_final(cache["resid_post", n - 1]), hidden_states[n], mask))
 
 
 @torch.no_grad()
@@ -64,7 +65,7 @@ def main() -> None:
             logits, cache = ours.run_with_cache(inp)
             out = ref(**inp, output_hidden_states=True) if not extra and name != "Qwen-Audio v1" else ref(**inp)
             mask = inp["attention_mask"] if len(prompts) > 1 else None
-            worst = layers(ours, cache, out.hidden_states) if mask is None else float("nan")
+            worst = layers(ours, cache, out.hidden_states, mask)
             print(f"{name:22s} {label:34s} {diff(logits, out.logits, mask):14.2e} {worst:12.2e}")
         if not extra and name not in ("Qwen-Audio v1",):
             inp = ours.prepare(None, tm.PROMPT)
