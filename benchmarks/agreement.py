@@ -36,8 +36,6 @@ def layers(model, cache, hidden_states, mask=None) -> float:
 def main() -> None:
     from transformers import Qwen2AudioForConditionalGeneration, VoxtralForConditionalGeneration
 
-    from weight_conversion import desta, qwen_audio
-
     root = Path(tempfile.mkdtemp())
     hf = lambda cls: (lambda f, dtype: cls.from_pretrained(f, dtype=dtype).eval())  # noqa: E731
     families = [
@@ -45,12 +43,9 @@ def main() -> None:
         ("Qwen2-Audio (MHA LM)", tm.save_qwen2_audio(root / "b", n_kv_heads=4, seed=1), {},
          hf(Qwen2AudioForConditionalGeneration)),
         ("Voxtral", tm.save_voxtral(root / "c", head_dim=24), {}, hf(VoxtralForConditionalGeneration)),
-        ("DeSTA2.5", tm.save_desta(root / "d"), {"transcript": "hello world"},
-         lambda f, dtype: desta.reference_model(f, dtype=dtype, device="cpu")),
-        ("DeSTA2", tm.save_desta2(root / "e"), {"transcript": " hello world"},
-         lambda f, dtype: desta.reference_model(f, dtype=dtype, device="cpu")),
-        ("Qwen-Audio v1", tm.save_qwen_audio(root / "f"), {},
-         lambda f, dtype: qwen_audio.reference_model(f, dtype, "cpu")),
+        ("DeSTA2.5", tm.save_desta(root / "d"), {"transcript": "hello world"}, tm.reference_of),
+        ("DeSTA2", tm.save_desta2(root / "e"), {"transcript": " hello world"}, tm.reference_of),
+        ("Qwen-Audio v1", tm.save_qwen_audio(root / "f"), {}, tm.reference_of),
     ]
     print(f"{'family':22s} {'case':34s} {'max |Δlogits|':>14s} {'worst layer':>12s}")
     for name, folder, extra, load in families:

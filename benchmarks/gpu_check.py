@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from lalm_lens import HookedLALM  # noqa: E402
-from lalm_lens.tracing import causal_trace  # noqa: E402
+from lalm_lens.tracing import GaussianNoise, causal_trace  # noqa: E402
 from tests import tiny_models as tm  # noqa: E402
 
 FAILED = []
@@ -42,15 +42,12 @@ def families(root: Path):
     """(name, folder, prepare kwargs, reference loader) for each family's tiny checkpoint."""
     from transformers import Qwen2AudioForConditionalGeneration, VoxtralForConditionalGeneration
 
-    from weight_conversion import desta, qwen_audio
-
     hf = lambda cls: (lambda folder, dtype, dev: cls.from_pretrained(folder, dtype=dtype).to(dev).eval())  # noqa: E731
     return [
         ("qwen2_audio", tm.save_qwen2_audio(root / "q2a"), {}, hf(Qwen2AudioForConditionalGeneration)),
         ("voxtral", tm.save_voxtral(root / "vox", head_dim=24), {}, hf(VoxtralForConditionalGeneration)),
-        ("desta25", tm.save_desta(root / "desta"), {"transcript": "hello world"},
-         lambda f, dtype, dev: desta.reference_model(f, dtype=dtype, device=dev)),
-        ("qwen_audio", tm.save_qwen_audio(root / "qa"), {}, lambda f, dtype, dev: qwen_audio.reference_model(f, dtype, dev)),
+        ("desta25", tm.save_desta(root / "desta"), {"transcript": "hello world"}, tm.reference_of),
+        ("qwen_audio", tm.save_qwen_audio(root / "qa"), {}, tm.reference_of),
     ]
 
 
@@ -86,7 +83,7 @@ def main() -> int:
             answer = int(model(inp)[0, -1].argmax())
             worst = 0.0
             for kw in (dict(mode="tokens", states="resid_post"), dict(mode="layers", states="mlp_out", window=3),
-                       dict(mode="tokens", states="attn_out", corruption="noise", n_samples=3)):
+                       dict(mode="tokens", states="attn_out", corruption=GaussianNoise(n_samples=3))):
                 a = causal_trace(model, inp, answer=answer, engine="reference", **kw)
                 b = causal_trace(model, inp, answer=answer, engine="fast", **kw)
                 worst = max(worst, (a.p_patched - b.p_patched).abs().max().item())

@@ -41,7 +41,7 @@ AUDIO_ID, VOCAB, D, LAYERS = 4095, 4096, 256, 8  # LAYERS: the required cases' L
 def build_model(device: str, n_layers: int = LAYERS) -> HookedLALM:
     enc = EncoderConfig(d_model=D, d_head=64, n_heads=4, n_layers=4, n_ctx=1500, d_mlp=4 * D, act_fn="gelu",
                         normalization_type="LN", positional_embedding_type="learned", causal=False, pool=2,
-                        final_norm=True, n_mels=128, n_frames=3000, mask_padding=True, device=device)
+                        final_norm=True, n_mels=128, n_frames=3000, kind="padded", device=device)
     lm = BlockConfig(d_model=D, d_head=64, n_heads=4, n_key_value_heads=4, n_layers=n_layers, n_ctx=4096, d_mlp=4 * D,
                      d_vocab=VOCAB, act_fn="silu", gated_mlp=True, normalization_type="RMS",
                      positional_embedding_type="rotary", eps=1e-6, device=device)

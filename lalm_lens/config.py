@@ -48,31 +48,38 @@ class BlockConfig(TransformerLensConfig):
 
 @dataclass
 class EncoderConfig(BlockConfig):
-    """Whisper-style audio encoder: conv stem, positions, blocks, pool, norm."""
+    """Whisper-style audio encoder: conv stem, positions, blocks, pool, norm.
 
+    `kind` names the encoder class (`lalm_lens.components.audio_encoder.ENCODERS`):
+    "whisper" encodes whole 30 s windows with no mask (Voxtral, DeSTA), "padded"
+    crops padded frames and masks them as keys (Qwen2-Audio, Audio Flamingo 3),
+    "qwen_audio" crops at the clip's own length (Qwen-Audio v1), "chunked" attends
+    within fixed windows of frames (Qwen2.5-Omni).
+    """
+
+    kind: str = "whisper"
     n_mels: int = 128
     pool: Optional[int] = None  # AvgPool1d kernel = stride after the blocks
     final_norm: bool = True
     # Frames the encoder takes (the table has n_ctx = n_frames // 2 rows); None: any length.
     n_frames: Optional[int] = 3000
-    # Whether padded frames are masked out as keys (Qwen2-Audio) or not (Voxtral).
-    mask_padding: bool = True
     # Keep the positional table in float32 and add in float32 (Voxtral's `_keep_in_fp32_modules`).
     fp32_positions: bool = False
-    # With mask_padding: frames kept past 2 x (the longest clip's conv length); see AudioEncoder.forward.
-    crop_extra: int = 2
+    # "chunked": frames per attention window (Qwen2.5-Omni: n_window * 2).
+    window_frames: Optional[int] = None
+    # Width of the output projection after the final norm (Qwen2.5-Omni's `proj`), None: none.
+    d_out: Optional[int] = None
 
 
 @dataclass
 class ProjectorConfig:
     """Adapter from encoder frames to LM embeddings."""
 
-    kind: str  # "linear" | "stack" | "qformer" | "qwen_audio"
+    kind: str  # "linear" | "stack" | "mlp" | "qformer" | "tagged" (see `lalm_lens.components.projectors`)
     d_in: int
     d_out: int
     d_hidden: Optional[int] = None
     stack: int = 1  # frames concatenated per output token (Voxtral: 4)
-    bias: bool = True
     extra: dict = field(default_factory=dict)
 
 

@@ -22,7 +22,7 @@ def greedy_generate(
     Positions follow the attention mask (`cumsum - 1`, as HF does for
     left-padded batches); the prompt is run once and then one token per step.
     """
-    inputs = model._collect_inputs(inp, {})
+    inputs = model.model_inputs(inp)
     ids = inputs["input_ids"]
     attn = inputs.get("attention_mask", torch.ones_like(ids))
     eos = torch.tensor(list(model.config.eos_token_ids if eos_token_ids is None else eos_token_ids), device=ids.device)

@@ -21,21 +21,22 @@ from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
-from lalm_lens.components.audio_encoder import AudioEncoder
+from lalm_lens.components.audio_encoder import build_encoder
 from lalm_lens.components.block import TransformerBlock, make_norm
 from lalm_lens.components.embed import Embed
 from lalm_lens.components.kv_cache import KVCache
-from lalm_lens.components.masks import attention_bias
-from lalm_lens.components.projectors import LinearProjector, StackProjector, TaggedProjector
+from lalm_lens.components.masks import LMContext, attention_bias
+from lalm_lens.components.projectors import LinearProjector, MLPProjector, StackProjector, TaggedProjector
 from lalm_lens.components.qformer import QFormerProjector
 from lalm_lens.components.rotary import Rotary
 from lalm_lens.components.unembed import TiedUnembed, Unembed
 from lalm_lens.config import LALMConfig
 from lalm_lens.inputs.prepared import PreparedInput
 
-PROJECTORS = {"linear": LinearProjector, "stack": StackProjector, "qformer": QFormerProjector,
+PROJECTORS = {"linear": LinearProjector, "stack": StackProjector, "mlp": MLPProjector, "qformer": QFormerProjector,
               "tagged": TaggedProjector}
 MODEL_INPUTS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask", "position_ids", "audio_embeds")
+INPUT_ALIASES = {"input_features_mask": "feature_attention_mask"}  # Audio Flamingo 3's processor
 IGNORED_INPUTS = ("num_audio_tokens", "token_type_ids")
 
 
@@ -51,7 +52,7 @@ class HookedLALM(HookedRootModule):
         self.config = config
         self.cfg = config.lm
         cfg = self.cfg
-        self.audio_encoder = AudioEncoder(config.encoder)
+        self.audio_encoder = build_encoder(config.encoder)
         self.audio_projector = PROJECTORS[config.projector.kind](config.projector, cfg.dtype)
         self.embed = Embed(cfg)
         self.hook_audio_embeds = HookPoint()  # [n_audio_tokens, d_model]
@@ -60,9 +61,10 @@ class HookedLALM(HookedRootModule):
         self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
         self.ln_final = make_norm(cfg)
         self.unembed = TiedUnembed(cfg, self.embed) if cfg.tie_word_embeddings else Unembed(cfg)
-        self.processor = None  # set by from_pretrained when the checkpoint has one
+        self.family = None  # the `Family` value, set by from_pretrained
+        self.prompts = None  # the family's `PromptBuilder`, when the checkpoint has a processor
+        self.processor = None
         self.tokenizer = None
-        self.input_builder = None
         self.setup()
 
     # ------------------------------------------------------------------ loading
@@ -96,7 +98,7 @@ class HookedLALM(HookedRootModule):
     def device(self) -> torch.device:
         return self.embed.W_E.device
 
-    # ------------------------------------------------------------------ forward
+    # ------------------------------------------------------------------ forward, from its pieces
     def forward(
         self,
         input: Union[PreparedInput, Mapping, Tensor, None] = None,
@@ -110,38 +112,33 @@ class HookedLALM(HookedRootModule):
         processor's tensors (or the same as keywords), or a tensor of token ids.
 
         `stop_at_layer=l` returns the residual stream entering block l;
-        `return_type=None` returns nothing (for hooks only).
+        `return_type=None` returns nothing (for hooks only). The trace engines
+        call the same pieces: `embed_inputs`, `lm_context`, `run_blocks`, `readout`.
         """
-        inputs = self._collect_inputs(input, kwargs)
+        inputs = self.model_inputs(input, kwargs)
         input_ids = inputs["input_ids"]
         resid = self.embed_inputs(
             input_ids, inputs.get("input_features"), inputs.get("feature_attention_mask"), inputs.get("audio_embeds")
         )
         past = len(kv_cache) if kv_cache is not None else 0
-        positions = inputs.get("position_ids")
-        if positions is None:
-            positions = torch.arange(past, past + input_ids.shape[1], device=self.device)[None]
-        if past + input_ids.shape[1] > self.cfg.n_ctx:
-            raise ValueError(
-                f"the input has {past + input_ids.shape[1]} positions; this model's context is {self.cfg.n_ctx} "
-                "(shorten the audio or the prompt)"
-            )
-        mask = self.lm_mask(input_ids.shape[1], past, inputs.get("attention_mask"), resid.dtype)
-        rope = self.rotary.cos_sin(positions, resid.dtype)
-        for block in self.blocks[:stop_at_layer]:
-            resid = block(resid, mask, rope, kv_cache)
+        ctx = self.lm_context(input_ids.shape[1], past, inputs.get("attention_mask"), inputs.get("position_ids"),
+                              resid.dtype, input_ids=input_ids)
+        resid = self.run_blocks(resid, ctx, 0, stop_at_layer, kv_cache)
         if stop_at_layer is not None:
             return resid
-        logits = self.unembed(self.ln_final(resid))
+        logits = self.readout(resid)
         return logits if return_type is not None else None
 
-    def _collect_inputs(self, input: Any, kwargs: dict) -> dict[str, Tensor]:
+    def model_inputs(self, input: Any, kwargs: Optional[dict] = None) -> dict[str, Tensor]:
+        """The model's input tensors, on its device, from any accepted form (see `forward`)."""
+        kwargs = dict(kwargs or {})
         if isinstance(input, Tensor):
             kwargs = {"input_ids": input, **kwargs}
         elif isinstance(input, Mapping):
             kwargs = {**dict(input.items()), **kwargs}
         elif input is not None:
             raise TypeError(f"cannot run the model on a {type(input).__name__}")
+        kwargs = {INPUT_ALIASES.get(k, k): v for k, v in kwargs.items()}
         unknown = set(kwargs) - set(MODEL_INPUTS) - set(IGNORED_INPUTS)
         if unknown:
             raise TypeError(f"unexpected model input(s) {sorted(unknown)}; expected some of {MODEL_INPUTS}")
@@ -152,13 +149,51 @@ class HookedLALM(HookedRootModule):
             out = {k: v[None] if k != "input_features" else v for k, v in out.items()}
         return out
 
-    def lm_mask(self, n_new: int, past: int, attention_mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-        """Causal (and padding, sliding-window) mask for `n_new` queries after `past` cached positions."""
+    def lm_context(
+        self,
+        n_new: int,
+        past: int = 0,
+        attention_mask: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        dtype: Optional[torch.dtype] = None,
+        input_ids: Optional[Tensor] = None,
+    ) -> LMContext:
+        """Mask and rotary tables for `n_new` queries after `past` cached positions.
+
+        Positions default to the rotary component's own (`0, 1, ...` after the cache;
+        multimodal RoPE derives them from `input_ids`); the mask is causal, with the
+        padding of `attention_mask` and the sliding window if the LM has one.
+        """
+        dtype = dtype or self.cfg.dtype
+        if past + n_new > self.cfg.n_ctx:
+            raise ValueError(
+                f"the input has {past + n_new} positions; this model's context is {self.cfg.n_ctx} "
+                "(shorten the audio or the prompt)"
+            )
+        if position_ids is None:
+            position_ids = self.rotary.positions(n_new, past, input_ids, attention_mask, self.device)
         key_valid = attention_mask.bool() if attention_mask is not None else None
         q_positions = torch.arange(past, past + n_new, device=self.device)
-        return attention_bias(
-            q_positions, past + n_new, causal=True, key_valid=key_valid, sliding_window=self.cfg.sliding_window, dtype=dtype
-        )
+        mask = attention_bias(q_positions, past + n_new, causal=True, key_valid=key_valid,
+                              sliding_window=self.cfg.sliding_window, dtype=dtype)
+        return LMContext(mask, self.rotary.cos_sin(position_ids.to(self.device), dtype))
+
+    def run_blocks(
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        ctx: LMContext,
+        start: int = 0,
+        stop: Optional[int] = None,
+        kv_cache=None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Blocks `start..stop-1` on `resid` (the queries of `ctx`, after the positions in `kv_cache`)."""
+        for block in self.blocks[start:stop]:
+            resid = block(resid, ctx.mask, ctx.rope, kv_cache)
+        return resid
+
+    def readout(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        """`ln_final` then the unembedding."""
+        return self.unembed(self.ln_final(resid))
 
     # ------------------------------------------------------------------ audio
     def encode_audio(
@@ -242,22 +277,23 @@ class HookedLALM(HookedRootModule):
     def W_E(self) -> Tensor:
         return self.embed.W_E
 
-    def _require_tokenizer(self):
+    def require_tokenizer(self):
+        """The checkpoint's tokenizer, or a clear error when the folder had none."""
         if self.tokenizer is None:
             raise RuntimeError("this model has no tokenizer (the checkpoint folder holds none)")
         return self.tokenizer
 
     def to_tokens(self, text: Union[str, list[str]], prepend_bos: bool = False) -> Tensor:
-        tok = self._require_tokenizer()
+        tok = self.require_tokenizer()
         ids = tok(text if isinstance(text, list) else [text], add_special_tokens=prepend_bos, padding=True, return_tensors="pt")
         return ids["input_ids"].to(self.device)
 
     def to_str_tokens(self, tokens: Union[Tensor, list[int]]) -> list[str]:
         ids = tokens.flatten().tolist() if isinstance(tokens, Tensor) else list(tokens)
-        return self._require_tokenizer().convert_ids_to_tokens(ids)
+        return self.require_tokenizer().convert_ids_to_tokens(ids)
 
     def to_single_token(self, text: str) -> int:
-        ids = self._require_tokenizer().encode(text, add_special_tokens=False)
+        ids = self.require_tokenizer().encode(text, add_special_tokens=False)
         if len(ids) != 1:
             raise ValueError(f"{text!r} is {len(ids)} tokens, not one: {self.to_str_tokens(ids)}")
         return ids[0]
@@ -279,12 +315,12 @@ class HookedLALM(HookedRootModule):
         answer options named in the prompt (marked as the `object` token group);
         `sampling_rate`: the array's rate (resampled when different).
         """
-        if self.input_builder is None:
+        if self.prompts is None:
             raise RuntimeError(
                 "this model has no processor: the checkpoint folder holds no processor/tokenizer files. "
                 "Pass the processor's tensors to model(...) directly, or load a folder with them."
             )
-        return self.input_builder.prepare(audio=audio, prompt=prompt, **kwargs)
+        return self.prompts.prepare(audio=audio, prompt=prompt, **kwargs)
 
     def prepare_like(self, inp: PreparedInput, audio) -> PreparedInput:
         """The same prompt as `inp` with other audio (e.g. silence for a corrupted run)."""
@@ -298,5 +334,5 @@ class HookedLALM(HookedRootModule):
         tokens = greedy_generate(self, inp, max_new_tokens=max_new_tokens, **kwargs)
         if return_type == "tokens":
             return tokens
-        texts = self._require_tokenizer().batch_decode(tokens, skip_special_tokens=True)
+        texts = self.require_tokenizer().batch_decode(tokens, skip_special_tokens=True)
         return texts[0] if len(texts) == 1 else texts

@@ -91,16 +91,16 @@ def verify(
 
     `prepare_kwargs` go to `model.prepare` (e.g. `transcript=` for DeSTA);
     `load_kwargs` to `from_pretrained` and the reference (e.g. `encoder_path=`).
+    Only the states compared are kept (one residual per layer), so a 32-layer
+    encoder does not cache its attention patterns.
     """
+    from lalm_lens.loading import open_checkpoint
     from lalm_lens.model import HookedLALM
-    from weight_conversion import family_for
-    from lalm_lens.loading import read_config, resolve_checkpoint
 
-    folder = resolve_checkpoint(name_or_path)
-    family = family_for(read_config(folder).get("model_type"))
-    model = HookedLALM.from_pretrained(folder, device=device, dtype=dtype, **load_kwargs)
+    ckpt, family, family_config = open_checkpoint(name_or_path, **load_kwargs)
+    model = HookedLALM.from_pretrained(ckpt, device=device, dtype=dtype, **load_kwargs)
     dtype = model.cfg.dtype
-    ref = family.reference_model(folder, dtype=dtype, device=model.device, **load_kwargs)
+    ref = family.reference.load(ckpt, family_config, dtype, model.device)
     if audio is None:
         audio = synthetic_clip(rate=16000)
     rate = None if isinstance(audio, str) else 16000
@@ -109,22 +109,25 @@ def verify(
     enc_outputs: list[torch.Tensor] = []
     handles = [
         layer.register_forward_hook(lambda mod, args, out: enc_outputs.append(out[0] if isinstance(out, tuple) else out))
-        for layer in family.reference_encoder_layers(ref)
+        for layer in family.reference.encoder_layers(ref)
     ]
     try:
-        out = family.reference_forward(ref, inp)
+        out = family.reference.forward(ref, inp)
     finally:
         for h in handles:
             h.remove()
-    logits, cache = model.run_with_cache(inp)
-    ref_logits = out.logits
     n = model.cfg.n_layers
+    n_enc = len(model.audio_encoder.blocks)
+    compared = {f"blocks.{i}.hook_resid_pre" for i in range(n)} | {f"blocks.{n - 1}.hook_resid_post", "hook_audio_embeds"}
+    compared |= {f"audio_encoder.blocks.{i}.hook_resid_post" for i in range(n_enc)}
+    logits, cache = model.run_with_cache(inp, names_filter=lambda name: name in compared)
+    ref_logits = out.logits
     lm = [_diff(cache[f"blocks.{i}.hook_resid_pre"], out.hidden_states[i]) for i in range(n)]
     lm.append(_diff(model.ln_final(cache[f"blocks.{n - 1}.hook_resid_post"]), out.hidden_states[n]))
     valid = _encoder_valid_positions(model, inp)
     encoder = [
         _diff(cache[f"audio_encoder.blocks.{i}.hook_resid_post"][:, :valid], h[:, :valid])
-        for i, h in enumerate(enc_outputs[: len(model.audio_encoder.blocks)])
+        for i, h in enumerate(enc_outputs[:n_enc])
     ]
     audio_diff = None
     if getattr(out, "audio_embeds", None) is not None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lalm_lens import HookedLALM
-from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip, save_qwen_audio
+from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip, reference_of, save_qwen_audio
 
 TOL = 1e-4
 
@@ -16,9 +16,8 @@ def qa(qwen_audio):
 
 @pytest.fixture(scope="module")
 def ref(qwen_audio_dir):
-    from weight_conversion import qwen_audio as family
 
-    return family.reference_model(qwen_audio_dir, dtype=torch.float32, device="cpu")
+    return reference_of(qwen_audio_dir, dtype=torch.float32, device="cpu")
 
 
 def max_diff(a, b, valid=None):
@@ -98,10 +97,9 @@ def test_base_model_raw_format_and_verify(tmp_path):
 @torch.no_grad()
 def test_bfloat16_is_as_close_to_float32_as_the_reference(qwen_audio_dir, qa, ref):
     """In bfloat16 both sides round differently; ours must stay at least as close to the float32 result."""
-    from weight_conversion import qwen_audio as family
 
     ours16 = HookedLALM.from_pretrained(qwen_audio_dir, device="cpu", dtype=torch.bfloat16)
-    ref16 = family.reference_model(qwen_audio_dir, dtype=torch.bfloat16, device="cpu")
+    ref16 = reference_of(qwen_audio_dir, dtype=torch.bfloat16, device="cpu")
     inp = qa.prepare(clip(2.0), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
     truth = qa(inp)
     ours_err = max_diff(ours16(inp), truth)

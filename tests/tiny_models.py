@@ -20,13 +20,30 @@ def clip(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * (220 + 110 * seed) * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
 
 
-def randomize_biases(model: torch.nn.Module, std: float = 0.1, seed: int = 0) -> None:
-    """Random weights leave biases at zero; give them values so the bias paths are tested."""
+NORM_NAMES = ("norm", "layernorm", "ln_", "LayerNorm")
+
+
+def scale_init(model: torch.nn.Module, seed: int = 0, head_scale: float = 3.0) -> torch.nn.Module:
+    """Weights a bug cannot hide under: transformers' default init (std 0.02) makes tiny models'
+    logits ~1e-2, where dropping a bias or attending to padding moves them by < 1e-6. Here matrices
+    are drawn at 1/sqrt(fan_in), biases at 0.1, norm scales around 1, embeddings at 1, and the LM head
+    at `head_scale`/sqrt(width), so logits are O(1-10) and every path moves them visibly."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias"):
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
+                value = 0.1 * torch.randn(p.shape, generator=gen)
+            elif any(n in name for n in NORM_NAMES) and p.ndim == 1:
+                value = 1 + 0.1 * torch.randn(p.shape, generator=gen)
+            elif "embed" in name or "prompts" in name or p.ndim == 1:
+                value = torch.randn(p.shape, generator=gen)
+            elif "lm_head" in name:
+                value = head_scale * torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5
+            else:
+                fan_in = p[0].numel()
+                value = torch.randn(p.shape, generator=gen) / fan_in ** 0.5
+            p.copy_(value.to(p.dtype))
+    return model
 
 
 def qwen2_audio_config(n_kv_heads: int = 2, **text_overrides):
@@ -50,7 +67,7 @@ def save_qwen2_audio(folder: Path, n_kv_heads: int = 2, seed: int = 0, **text_ov
 
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(qwen2_audio_config(n_kv_heads, **text_overrides)).eval()
-    randomize_biases(model, seed=seed)
+    scale_init(model, seed=seed)
     model.save_pretrained(folder)
     qwen2_audio_processor(PROMPT_WORDS, vocab_size=256, audio_token_id=255).save_pretrained(folder)
     return Path(folder)
@@ -74,7 +91,7 @@ def save_voxtral(folder: Path, seed: int = 0, **kwargs) -> Path:
 
     torch.manual_seed(seed)
     model = VoxtralForConditionalGeneration(voxtral_config(**kwargs)).eval()
-    randomize_biases(model, seed=seed)
+    scale_init(model, seed=seed)
     model.save_pretrained(folder)
     voxtral_processor(folder)
     return Path(folder)
@@ -103,7 +120,7 @@ def save_desta(root: Path, seed: int = 0, encoder_layers: int = 4, hub_ids: bool
     from transformers import (LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor,
                               WhisperForConditionalGeneration)
 
-    from lalm_lens.reference.desta import DestaConnector
+    from lalm_lens.families.desta.reference import DestaConnector
     from lalm_lens.toy import word_tokenizer, words_of
 
     root = Path(root)
@@ -112,7 +129,7 @@ def save_desta(root: Path, seed: int = 0, encoder_layers: int = 4, hub_ids: bool
         d_model=64, encoder_layers=encoder_layers, encoder_attention_heads=4, encoder_ffn_dim=128, decoder_layers=1,
         decoder_attention_heads=4, decoder_ffn_dim=128, num_mel_bins=128, vocab_size=96, max_source_positions=1500,
         max_target_positions=160, pad_token_id=93, bos_token_id=94, eos_token_id=95, decoder_start_token_id=94))
-    randomize_biases(whisper, seed=seed)
+    scale_init(whisper, seed=seed)
     whisper.save_pretrained(root / "whisper")
     WhisperFeatureExtractor(feature_size=128).save_pretrained(root / "whisper")
     # A word-level decoding vocabulary for the tiny Whisper's transcripts (ids 93-95: pad, start, end).
@@ -124,6 +141,7 @@ def save_desta(root: Path, seed: int = 0, encoder_layers: int = 4, hub_ids: bool
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, rope_parameters=rope,
                                        max_position_embeddings=1024, bos_token_id=250, eos_token_id=254))
+    scale_init(llm, seed=seed + 2)
     llm.save_pretrained(root / "llm")
     words = words_of([PROMPT, ANSWER_PREFIX, "Focus on the audio clips and instructions. <start_audio> <end_audio>",
                       "Cutting Knowledge Date: December 2023 Today Date: 26 Jul 2024 system user assistant",
@@ -133,7 +151,7 @@ def save_desta(root: Path, seed: int = 0, encoder_layers: int = 4, hub_ids: bool
     tok.chat_template = LLAMA31_TEMPLATE
     tok.save_pretrained(root / "llm")
     connector = DestaConnector(64, 4, 2, 4, 64, 64)  # four taps
-    randomize_biases(connector, seed=seed + 1)
+    scale_init(connector, seed=seed + 1)
     with torch.no_grad():
         connector.layer_weights.normal_(0, 1.0)
     (root / "desta").mkdir(parents=True, exist_ok=True)
@@ -163,7 +181,7 @@ def save_desta2(root: Path, seed: int = 0) -> Path:
     from transformers import (LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor,
                               WhisperForConditionalGeneration)
 
-    from lalm_lens.reference.desta import DestaConnector
+    from lalm_lens.families.desta.reference import DestaConnector
     from lalm_lens.toy import word_tokenizer, words_of
 
     root = Path(root)
@@ -172,12 +190,13 @@ def save_desta2(root: Path, seed: int = 0) -> Path:
         d_model=64, encoder_layers=12, encoder_attention_heads=4, encoder_ffn_dim=128, decoder_layers=1,
         decoder_attention_heads=4, decoder_ffn_dim=128, num_mel_bins=80, vocab_size=96, max_source_positions=1500,
         max_target_positions=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1))
-    randomize_biases(whisper, seed=seed)
+    scale_init(whisper, seed=seed)
     whisper.save_pretrained(root / "whisper")
     WhisperFeatureExtractor(feature_size=80).save_pretrained(root / "whisper")
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, bos_token_id=250,
                                        eos_token_id=254))
+    scale_init(llm, seed=seed + 2)
     llm.save_pretrained(root / "llm")
     words = words_of([PROMPT, ANSWER_PREFIX, "Focus on the audio clips and instructions. audio system user assistant",
                       "hello world it is a test recording"])
@@ -189,7 +208,7 @@ def save_desta2(root: Path, seed: int = 0) -> Path:
     tok.chat_template = LLAMA3_TEMPLATE
     tok.save_pretrained(root / "llm")
     connector = DestaConnector(64, 4, 2, 4, 64, 64)
-    randomize_biases(connector, seed=seed + 1)
+    scale_init(connector, seed=seed + 1)
     with torch.no_grad():
         connector.layer_weights.normal_(0, 1.0)
     (root / "desta2").mkdir(parents=True, exist_ok=True)
@@ -209,7 +228,7 @@ def save_qwen_audio(folder: Path, seed: int = 0, chat: bool = True) -> Path:
     from safetensors.torch import save_file
 
     from lalm_lens.components.audio_encoder import sinusoids
-    from lalm_lens.inputs.qwen_audio import AUDIO_SPECIALS, SPECIALS
+    from lalm_lens.families.qwen_audio.tokenizer import AUDIO_SPECIALS, SPECIALS
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -254,3 +273,26 @@ def save_qwen_audio(folder: Path, seed: int = 0, chat: bool = True) -> Path:
                   b + "mlp.0.bias": rnd(4 * d), b + "mlp.2.weight": rnd(d, 4 * d, std=0.2), b + "mlp.2.bias": rnd(d)})
     save_file(w, folder / "model.safetensors")
     return folder
+
+
+def reference_of(folder, dtype=torch.float32, device="cpu", **options):
+    """The original model of a checkpoint, through its family's registered reference."""
+    from lalm_lens.loading import open_checkpoint
+
+    ckpt, family, family_config = open_checkpoint(folder, **options)
+    return family.reference.load(ckpt, family_config, dtype, device)
+
+
+def assert_bf16_agrees(ours16, ref16, ref32, factor: float = 2.0, rel: float = 0.05) -> float:
+    """bfloat16: both sides round at different points, so compare each with the float32 original.
+    Ours must be no further from it than `factor` x the original's own bfloat16 error, the two must
+    agree within `rel` of max |logits| (verify's tolerance), and pick the same top-1 up to ties."""
+    ours16, ref16, ref32 = ours16.float(), ref16.float(), ref32.float()
+    scale = ref32.abs().max().item()
+    ours_err, ref_err = (ours16 - ref32).abs().max().item(), (ref16 - ref32).abs().max().item()
+    assert ours_err <= factor * ref_err + 1e-3 * scale, (ours_err, ref_err)
+    tol = rel * scale
+    assert (ours16 - ref16).abs().max().item() <= tol
+    top = ours16[0, -1].argmax()
+    assert ref16[0, -1, top] >= ref16[0, -1].max() - tol  # same top-1, up to ties within the tolerance
+    return ours_err / scale

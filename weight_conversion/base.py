@@ -31,6 +31,10 @@ class CheckpointError(RuntimeError):
     """The checkpoint does not match what the family's converter expects."""
 
 
+class UnknownFamilyError(ValueError):
+    """config.json names a model type no family handles."""
+
+
 # ---------------------------------------------------------------- transforms (target shape drives them)
 def same(w: Tensor, target: Tensor) -> Tensor:
     return w
@@ -119,10 +123,22 @@ _DTYPES = {
 
 
 def safetensors_header(path: Path) -> tuple[dict, int]:
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+    """The tensor table of a safetensors file and where its data starts; a clear error if unreadable."""
+    size = Path(path).stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError(f"header length {n} exceeds the file ({size} bytes)")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (struct.error, ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from None
     header.pop("__metadata__", None)
+    for key, info in header.items():
+        if not isinstance(info, dict) or info.get("dtype") not in _DTYPES or "data_offsets" not in info:
+            raise CheckpointError(f"{path}: tensor {key!r} has an unreadable entry in the header: {info!r}")
     return header, 8 + n
 
 
@@ -146,69 +162,107 @@ def read_tensors(path: Path) -> Iterator[tuple[str, Tensor]]:
     if path.suffix == ".safetensors":
         yield from read_safetensors(path)
         return
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # pickle, zip or format errors of every kind
+        raise CheckpointError(f"{path} is not a readable torch state dict: {err}") from None
     yield from state.items()
 
 
-def checkpoint_shards(folder: Path, stem: str = "model") -> list[Path]:
+@dataclass(frozen=True)
+class WeightSource:
+    """Checkpoint files and the key map that reads them (a family may have several, e.g. DeSTA)."""
+
+    files: tuple[Path, ...]
+    key_map: "KeyMap"
+    what: str  # how errors name it, e.g. "checkpoint Qwen2-Audio-7B"
+
+
+def stream(source: WeightSource) -> Iterator[tuple[str, Tensor, str]]:
+    """`(key, tensor, file name)` for every tensor of a source."""
+    for path in source.files:
+        for key, tensor in read_tensors(Path(path)):
+            yield key, tensor, Path(path).name
+
+
+def shard_names(folder: Path, stem: str = "model", keep: Optional[Callable[[str], bool]] = None) -> list[str]:
+    """The safetensors files a checkpoint's index lists (`stem.safetensors` without an index);
+    with `keep`, only the shards holding at least one key it accepts (e.g. Qwen2.5-Omni's thinker)."""
+    index = Path(folder) / f"{stem}.safetensors.index.json"
+    if not index.is_file():
+        return [f"{stem}.safetensors"]
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index} is not a readable shard index: {err}") from None
+    return sorted({file for key, file in weight_map.items() if keep is None or keep(key)})
+
+
+def checkpoint_shards(folder: Path, stem: str = "model", keep: Optional[Callable[[str], bool]] = None) -> list[Path]:
     """The safetensors files of a checkpoint; fails clearly on missing shards."""
-    index = folder / f"{stem}.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise CheckpointError(
-                f"{index.name} lists {len(names)} shard(s) but {len(missing)} are missing from {folder}: "
-                f"{', '.join(missing)}"
-            )
-        return [folder / n for n in names]
-    single = folder / f"{stem}.safetensors"
-    if single.is_file():
-        return [single]
-    raise CheckpointError(f"no {stem}.safetensors (or sharded index) in {folder}")
+    folder = Path(folder)
+    names = shard_names(folder, stem, keep)
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing and (folder / f"{stem}.safetensors.index.json").is_file():
+        raise CheckpointError(
+            f"{stem}.safetensors.index.json lists {len(names)} shard(s) but {len(missing)} are missing from {folder}: "
+            f"{', '.join(missing)}"
+        )
+    if missing:
+        raise CheckpointError(f"no {stem}.safetensors (or sharded index) in {folder}")
+    return [folder / n for n in names]
 
 
 # ---------------------------------------------------------------- loading
 def load_checkpoint(
     model: nn.Module,
-    files: Iterable[Path],
+    tensors: Iterable[tuple[str, Tensor, str]],
     key_map: KeyMap,
-    prefix: str = "",
     what: str = "checkpoint",
 ) -> set[str]:
-    """Stream `files` into `model` (names get `prefix`); returns the parameter names filled."""
+    """Copy `(key, tensor, file)` triples into `model` through `key_map`; returns the parameter names filled.
+
+    Fails, naming the file and key, on a key no rule maps, a shape that does not
+    fit, an integer tensor where a float weight belongs, or a NaN/inf value.
+    Meta tensors are mapped and shape-checked without copying (`check_key_coverage`).
+    """
     params = dict(model.named_parameters())
     filled: set[str] = set()
     unmapped: list[str] = []
     with torch.no_grad():
-        for path in files:
-            for key, tensor in read_tensors(path):
-                try:
-                    found = key_map.lookup(key)
-                except KeyError:
-                    unmapped.append(key)
-                    continue
-                if found is None or found[0] is None:
-                    continue
-                names = [prefix + n for n in (found[0] if isinstance(found[0], tuple) else (found[0],))]
-                missing = [n for n in names if n not in params]
-                if missing:
-                    raise CheckpointError(f"{what} key {key!r} maps to {missing[0]!r}, which this model does not have")
-                targets = [params[n] for n in names]
-                try:
-                    values = found[1](tensor, targets if len(targets) > 1 else targets[0])
-                except RuntimeError as err:
+        for key, tensor, file in tensors:
+            try:
+                found = key_map.lookup(key)
+            except KeyError:
+                unmapped.append(key)
+                continue
+            if found is None or found[0] is None:
+                continue
+            names = list(found[0]) if isinstance(found[0], tuple) else [found[0]]
+            missing = [n for n in names if n not in params]
+            if missing:
+                raise CheckpointError(f"{what} key {key!r} maps to {missing[0]!r}, which this model does not have")
+            targets = [params[n] for n in names]
+            if targets[0].is_floating_point() and not (tensor.is_floating_point() or tensor.is_meta):
+                raise CheckpointError(f"{what}: {file} holds {key!r} as {tensor.dtype}; {names[0]} is a floating-point "
+                                      "weight (the file is corrupt or not this model's checkpoint)")
+            try:
+                values = found[1](tensor, targets if len(targets) > 1 else targets[0])
+            except RuntimeError as err:
+                raise CheckpointError(
+                    f"{what} key {key!r} has shape {tuple(tensor.shape)}, which does not fit "
+                    f"{', '.join(f'{n} {tuple(t.shape)}' for n, t in zip(names, targets))}: {err}"
+                ) from None
+            for name, target, value in zip(names, targets, values if len(targets) > 1 else (values,)):
+                if value.shape != target.shape:
                     raise CheckpointError(
-                        f"{what} key {key!r} has shape {tuple(tensor.shape)}, which does not fit "
-                        f"{', '.join(f'{n} {tuple(t.shape)}' for n, t in zip(names, targets))}: {err}"
-                    ) from None
-                for name, target, value in zip(names, targets, values if len(targets) > 1 else (values,)):
-                    if value.shape != target.shape:
-                        raise CheckpointError(
-                            f"{what} key {key!r} has shape {tuple(tensor.shape)}; {name} needs {tuple(target.shape)}"
-                        )
+                        f"{what} key {key!r} has shape {tuple(tensor.shape)}; {name} needs {tuple(target.shape)}"
+                    )
+                if not target.is_meta:
                     target.copy_(value)
-                    filled.add(name)
+                    if target.is_floating_point() and not bool(torch.isfinite(target).all()):
+                        raise CheckpointError(f"{what}: {file} holds NaN or infinite values in {key!r} ({name})")
+                filled.add(name)
     if unmapped:
         shown = ", ".join(unmapped[:8]) + (f" and {len(unmapped) - 8} more" if len(unmapped) > 8 else "")
         raise CheckpointError(f"{what} has {len(unmapped)} key(s) this converter does not know: {shown}")

@@ -58,8 +58,9 @@ def lm_rules(src: str, head: str, tied: bool = False) -> list[Rule]:
     return rules
 
 
-def whisper_encoder_config(a, *, pool, final_norm: bool, mask_padding: bool, positions: str = "learned") -> EncoderConfig:
-    """Encoder config from a Whisper-style HF audio config (`d_model`, `encoder_layers`, ...)."""
+def whisper_encoder_config(a, *, kind: str, pool, final_norm: bool, positions: str = "learned") -> EncoderConfig:
+    """Encoder config from a Whisper-style HF audio config (`d_model`, `encoder_layers`, ...);
+    `kind` names the encoder variant (see `EncoderConfig`)."""
     return EncoderConfig(
         d_model=a.d_model,
         d_head=a.d_model // a.encoder_attention_heads,
@@ -76,7 +77,7 @@ def whisper_encoder_config(a, *, pool, final_norm: bool, mask_padding: bool, pos
         pool=pool,
         final_norm=final_norm,
         n_frames=2 * a.max_source_positions,
-        mask_padding=mask_padding,
+        kind=kind,
     )
 
 
@@ -115,3 +116,13 @@ def lm_block_config(t) -> BlockConfig:
         sliding_window=t.sliding_window if any(sliding) else None,
         tie_word_embeddings=bool(getattr(t, "tie_word_embeddings", False)),
     )
+
+
+# transformers >= 5 saves composite models as `model.<part>.*` + `lm_head.*`; the hub layout has
+# `<part>.*` and `language_model.model.*` / `language_model.lm_head.*` (Qwen2-Audio, Voxtral, AF3).
+MODEL_PREFIX_ALIASES = {
+    "model.audio_tower.": "audio_tower.",
+    "model.multi_modal_projector.": "multi_modal_projector.",
+    "model.language_model.": "language_model.model.",
+    "lm_head.": "language_model.lm_head.",
+}

@@ -12,22 +12,21 @@ past `seq_length` (2048) tokens; we refuse longer inputs instead of implementing
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from types import SimpleNamespace
 
 from lalm_lens.config import BlockConfig, EncoderConfig, LALMConfig, ProjectorConfig
-from lalm_lens.inputs.qwen_audio import AUDIO_SPECIALS
 from weight_conversion.base import CheckpointError, KeyMap, Rule, heads_bias, heads_in, heads_out, split, transpose
 
-MODEL_TYPES = ("qwen",)
-ABSENT = ["audio_encoder.blocks.*.attn.b_K", "blocks.*.attn.b_O", "blocks.*.mlp.b_*", "unembed.b_U"]
+ABSENT = ("audio_encoder.blocks.*.attn.b_K", "blocks.*.attn.b_O", "blocks.*.mlp.b_*", "unembed.b_U")
+# The audio pad token `[[[AUDIO:modality]]]` is the first of the tokenizer's audio specials, which end
+# with `<audio>`, `</audio>`: 3314 specials, so the pad id is `audio_start_id - 3312`.
+AUDIO_PAD_BEFORE_START = 3312
 
 
-def load_config(folder: Path, **_) -> SimpleNamespace:
-    config = json.loads((Path(folder) / "config.json").read_text())
+def config_from_dict(config: dict, where: str = "config.json") -> SimpleNamespace:
+    """The remote-code `QWenConfig` fields, read without running remote code."""
     if "audio" not in config:
-        raise CheckpointError(f"{folder} is a Qwen (v1) text model without an audio encoder, not Qwen-Audio")
+        raise CheckpointError(f"{where} is a Qwen (v1) text model without an audio encoder, not Qwen-Audio")
     return SimpleNamespace(**config)
 
 
@@ -44,11 +43,10 @@ def convert_config(c) -> LALMConfig:
         tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
     )
     encoder = EncoderConfig(
-        d_model=a["n_state"], d_head=a["n_state"] // a["n_head"], n_heads=a["n_head"], n_layers=a["n_layer"],
+        kind="qwen_audio", d_model=a["n_state"], d_head=a["n_state"] // a["n_head"], n_heads=a["n_head"], n_layers=a["n_layer"],
         n_ctx=a["n_ctx"], d_mlp=4 * a["n_state"], act_fn="gelu", normalization_type="LN",
         positional_embedding_type="sinusoidal", eps=1e-5, causal=False, n_mels=a["n_mels"],
-        pool=2 if a.get("avg_pool", True) else None, final_norm=True, n_frames=2 * a["n_ctx"], mask_padding=True,
-        crop_extra=0,
+        pool=2 if a.get("avg_pool", True) else None, final_norm=True, n_frames=2 * a["n_ctx"],
     )
     start = a["audio_start_id"]
     if not a.get("add_audio_bos_eos_token", True):
@@ -56,7 +54,7 @@ def convert_config(c) -> LALMConfig:
     return LALMConfig(
         family="qwen_audio", lm=lm, encoder=encoder,
         projector=ProjectorConfig(kind="tagged", d_in=a["n_state"], d_out=a["output_dim"]),
-        audio_token_id=start - (len(AUDIO_SPECIALS) - 2),  # "[[[AUDIO:modality]]]", first of the audio specials
+        audio_token_id=start - AUDIO_PAD_BEFORE_START,
         max_audio_seconds=30.0,
         extra={"audio_span_ids": (start, start + 1)},
     )
@@ -104,23 +102,3 @@ def key_map(config: LALMConfig) -> KeyMap:
         if theirs != "key":
             rules.append(Rule(e + f"blocks.{{}}.attn.{theirs}.bias", eb + f"attn.b_{ours}", heads_bias))
     return KeyMap(rules)
-
-
-def input_builder(folder, config: LALMConfig):
-    from lalm_lens.inputs.qwen_audio import QwenAudioInputs
-
-    return QwenAudioInputs.from_folder(Path(folder), config)
-
-
-def reference_model(folder, dtype, device, **_):
-    from lalm_lens.reference.qwen_audio import load_reference
-
-    return load_reference(Path(folder), dtype=dtype, device=device)
-
-
-def reference_encoder_layers(ref):
-    return list(ref.encoder.layers)
-
-
-def reference_forward(ref, inp):
-    return ref(**inp)

@@ -3,6 +3,7 @@
 from typing import Optional
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 
@@ -31,37 +32,59 @@ class KVCache:
         return k, v
 
 
-class SharedPrefixKV:
-    """A read-only prefix shared by many rows: rows are `groups x n_prefix` (prefix row inner).
+class PrefixKV:
+    """Read-only keys/values of earlier positions for rows that re-run a suffix (the trace engine).
 
-    Attention over `[prefix; own suffix]` is computed in two parts so the prefix
-    keys/values are never copied per row; the scores and pattern still pass
-    through the attention's hooks as one `[rows, head, q, prefix + suffix]` tensor.
+    `keys[layer]` is `[n_prefixes, prefix_len, n_kv_heads, d_head]` and row r reads
+    prefix `row_prefix[r]`; its own suffix keys follow the prefix. When rows are
+    `groups x n_prefixes` with the prefix index inner, the prefix is never copied
+    per row. The scores and pattern pass through the attention's hooks as one
+    `[rows, head, q, prefix + suffix]` tensor; the mask (`[rows, 1, q, prefix + suffix]`)
+    hides prefix slots a row does not have.
     """
 
     shared = True
 
-    def __init__(self, keys: list[Tensor], values: list[Tensor]):
-        self.keys, self.values = keys, values  # per layer: [n_prefix, prefix_len, n_kv_heads, d_head]
+    def __init__(self, keys: list[Tensor], values: list[Tensor], row_prefix: Tensor):
+        self.keys, self.values, self.row_prefix = keys, values, row_prefix
 
     def __len__(self) -> int:
-        return self.keys[0].shape[1]
+        return self.keys[-1].shape[1]
+
+    def rows(self, n: int) -> "PrefixKV":
+        """The same prefixes for the first `n` rows only."""
+        return PrefixKV(self.keys, self.values, self.row_prefix[:n])
+
+    def _regular(self) -> bool:
+        n_prefix, rows = self.keys[-1].shape[0], self.row_prefix.shape[0]
+        if rows % n_prefix:
+            return False
+        pattern = torch.arange(n_prefix, device=self.row_prefix.device).repeat(rows // n_prefix)
+        return bool(torch.equal(self.row_prefix, pattern))
 
     def attend(self, attn, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
         pk, pv = attn.expand_kv(self.keys[attn.layer], self.values[attn.layer])
         k, v = attn.expand_kv(k, v)
         n_prefix, prefix_len = pk.shape[:2]
         rows, n_q, heads, d_head = q.shape
-        groups = rows // n_prefix
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [rows, head, pos, d_head]
-        pk, pv = pk.transpose(1, 2)[None], pv.transpose(1, 2)[None]  # [1, n_prefix, head, prefix, d_head]
-        qg = q.reshape(groups, n_prefix, heads, n_q, d_head)
-        s_prefix = (qg @ pk.transpose(-1, -2)).reshape(rows, heads, n_q, prefix_len)
+        q, k, v = (rearrange(t, "r p h d -> r h p d") for t in (q, k, v))
+        pk, pv = (rearrange(t, "n p h d -> n h p d") for t in (pk, pv))
+        regular = self._regular()
+        if regular:  # rows = groups x n_prefix: one matmul per prefix, no copies
+            qg = rearrange(q, "(g n) h q d -> g n h q d", n=n_prefix)
+            s_prefix = rearrange(qg @ pk[None].transpose(-1, -2), "g n h q k -> (g n) h q k")
+        else:
+            pk, pv = pk[self.row_prefix], pv[self.row_prefix]
+            s_prefix = q @ pk.transpose(-1, -2)
         scores = torch.cat([s_prefix, q @ k.transpose(-1, -2)], dim=-1) * attn.scale
         if mask is not None:
             scores = scores + mask
         scores = attn.hook_attn_scores(scores)
         pattern = attn.hook_pattern(scores.softmax(-1, dtype=torch.float32).to(q.dtype))
-        z_prefix = pattern[..., :prefix_len].reshape(groups, n_prefix, heads, n_q, prefix_len) @ pv
-        z = z_prefix.reshape(rows, heads, n_q, d_head) + pattern[..., prefix_len:] @ v
-        return z.transpose(1, 2)
+        if regular:
+            pg = rearrange(pattern[..., :prefix_len], "(g n) h q k -> g n h q k", n=n_prefix)
+            z_prefix = rearrange(pg @ pv[None], "g n h q d -> (g n) h q d")
+        else:
+            z_prefix = pattern[..., :prefix_len] @ pv
+        z = z_prefix + pattern[..., prefix_len:] @ v
+        return rearrange(z, "r h q d -> r q h d")

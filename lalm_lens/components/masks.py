@@ -5,6 +5,7 @@ attend and the dtype's most negative value where it may not (a finite value,
 so rows with no allowed key stay finite, as in Hugging Face).
 """
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -42,3 +43,18 @@ def attention_bias(
         return None
     bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
     return bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+@dataclass(frozen=True)
+class LMContext:
+    """What every LM block of one forward shares: the attention mask `[batch | 1, 1, q, k]`
+    (None: nothing masked) and the rotary cos/sin tables `[batch, q, 1, d_head]`."""
+
+    mask: Optional[Tensor]
+    rope: Optional[tuple[Tensor, Tensor]]
+
+    def queries(self, start: int, stop: Optional[int] = None) -> "LMContext":
+        """The context of queries `start..stop-1` only (keys unchanged)."""
+        mask = None if self.mask is None else self.mask[..., start:stop, :]
+        rope = None if self.rope is None else tuple(t[:, start:stop] for t in self.rope)
+        return LMContext(mask, rope)

@@ -6,6 +6,7 @@ the model keeps the first `lengths[i]` vectors of clip i, in order.
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
@@ -29,28 +30,43 @@ class LinearProjector(nn.Module):
         return self.hook_out(F.linear(x, self.W.T, self.b)), enc.lengths
 
 
-class StackProjector(nn.Module):
-    """Concatenate `stack` consecutive frames, `Linear -> GELU -> Linear`, no biases (Voxtral)."""
+class MLPProjector(nn.Module):
+    """`Linear -> GELU -> Linear` with biases (Audio Flamingo 3); `hook_hidden` after the GELU."""
 
     def __init__(self, cfg: ProjectorConfig, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.stack = cfg.stack
-        d_stacked = cfg.d_in * cfg.stack
-        self.W_in = nn.Parameter(torch.empty(d_stacked, cfg.d_hidden or cfg.d_out, dtype=dtype))
-        self.W_out = nn.Parameter(torch.empty(cfg.d_hidden or cfg.d_out, cfg.d_out, dtype=dtype))
-        self.hook_in = HookPoint()  # [chunk, frames, d_in]
-        self.hook_stacked = HookPoint()  # [chunk, frames // stack, stack * d_in]
-        self.hook_hidden = HookPoint()  # [chunk, frames // stack, d_hidden], after GELU
-        self.hook_out = HookPoint()  # [chunk, frames // stack, d_out]
+        d_in, d_hidden = cfg.d_in * cfg.stack, cfg.d_hidden or cfg.d_out
+        self.W_in = nn.Parameter(torch.empty(d_in, d_hidden, dtype=dtype))
+        self.b_in = nn.Parameter(torch.zeros(d_hidden, dtype=dtype))
+        self.W_out = nn.Parameter(torch.empty(d_hidden, cfg.d_out, dtype=dtype))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_out, dtype=dtype))
+        self.hook_in = HookPoint()  # [clip, frames, d_in]
+        self.hook_hidden = HookPoint()  # [clip, tokens, d_hidden], after GELU
+        self.hook_out = HookPoint()  # [clip, tokens, d_out]
+
+    def arrange(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The vectors the MLP reads, and their valid counts per clip (here the frames themselves)."""
+        return x, lengths
 
     def forward(self, enc: EncoderOutput) -> tuple[Float[Tensor, "batch pos d_out"], Tensor]:
-        x = self.hook_in(enc.hidden)
-        chunks, frames, d = x.shape
-        if frames % self.stack:
-            raise ValueError(f"{frames} encoder frames are not a multiple of the stack size {self.stack}")
-        x = self.hook_stacked(x.reshape(chunks, frames // self.stack, d * self.stack))
-        x = self.hook_hidden(F.gelu(x @ self.W_in))
-        return self.hook_out(x @ self.W_out), torch.div(enc.lengths, self.stack, rounding_mode="floor")
+        x, lengths = self.arrange(self.hook_in(enc.hidden), enc.lengths)
+        x = self.hook_hidden(F.gelu(F.linear(x, self.W_in.T, self.b_in)))
+        return self.hook_out(F.linear(x, self.W_out.T, self.b_out)), lengths
+
+
+class StackProjector(MLPProjector):
+    """Voxtral: `stack` consecutive frames concatenated (`hook_stacked`), then the MLP (its biases absent: zero)."""
+
+    def __init__(self, cfg: ProjectorConfig, dtype: torch.dtype = torch.float32):
+        super().__init__(cfg, dtype)
+        self.stack = cfg.stack
+        self.hook_stacked = HookPoint()  # [chunk, frames // stack, stack * d_in]
+
+    def arrange(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        if x.shape[1] % self.stack:
+            raise ValueError(f"{x.shape[1]} encoder frames are not a multiple of the stack size {self.stack}")
+        stacked = rearrange(x, "c (t k) d -> c t (k d)", k=self.stack)
+        return self.hook_stacked(stacked), torch.div(lengths, self.stack, rounding_mode="floor")
 
 
 class TaggedProjector(LinearProjector):

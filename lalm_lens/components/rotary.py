@@ -38,6 +38,10 @@ class Rotary(nn.Module):
         super().__init__()
         self.register_buffer("inv_freq", rope_inverse_frequencies(d_head, base, scaling), persistent=False)
 
+    def positions(self, n_new: int, past: int, input_ids=None, attention_mask=None, device=None) -> Tensor:
+        """Default position ids `[1, n_new]`: `past, past + 1, ...` (as Hugging Face's forward)."""
+        return torch.arange(past, past + n_new, device=device)[None]
+
     def cos_sin(
         self, positions: Int[Tensor, "batch pos"], dtype: torch.dtype
     ) -> tuple[Float[Tensor, "batch pos 1 d_head"], Float[Tensor, "batch pos 1 d_head"]]:

@@ -51,3 +51,17 @@ def token_ranges(offsets: Sequence[tuple[int, int]], spans: dict[str, tuple[int,
             raise ValueError(f"no token covers the {name} text")
         out[name] = (hits[0], hits[-1] + 1)
     return out
+
+
+def latin(text: Optional[str]) -> Optional[str]:
+    """UTF-8 bytes read as Latin-1 (one character per byte), to search byte-level token text."""
+    return text.encode("utf-8").decode("latin-1") if text else text
+
+
+def byte_offsets(pieces: Sequence[bytes]) -> tuple[str, list[tuple[int, int]]]:
+    """The concatenated bytes of `pieces` as Latin-1 text, and each piece's `(start, stop)` in it."""
+    offsets, at = [], 0
+    for piece in pieces:
+        offsets.append((at, at + len(piece)))
+        at += len(piece)
+    return b"".join(pieces).decode("latin-1"), offsets

@@ -1,28 +1,39 @@
-"""`trace_dataset`: causal traces over many items, with the paper's filters and 95% CIs.
+"""`trace_dataset`: causal traces over many items, with the same checks as `causal_trace` and 95% CIs.
 
-Items file: JSONL, one object per line —
+Items: a JSONL file (one object per line) or a list of `Item`s or dicts —
 `{"id": "...", "audio": "clips/a.wav", "question": "...", "options": ["male", "female"],
   "answer": "male", "answer_prefix": "The speaker's gender is"}` — `audio` relative
-to the file's folder; `id` and `answer_prefix` optional. Results are appended to
-`out` (JSONL, one line per item) as they come, so a rerun resumes where it stopped.
-Items whose clean prediction is not the answer, or whose corrupted prediction
-still is, are dropped and counted; an item that fails (a missing file, a
-multi-token answer) is recorded with its error and the run goes on.
+to the file's folder; `id`, `options` and `answer_prefix` optional; other keys
+are kept with the record. An item without an id gets one from its audio path
+and question (stable when lines are inserted); duplicate ids are refused.
+
+Results are appended to `out` as they come, behind a header that holds the
+settings (`records.py`): a rerun with the same settings resumes (failed items
+are retried), one with other settings is refused, and a second run on the same
+file waits for no one — it is refused by the lock. Items that fail a check
+(clean top-1 not the answer, corrupted top-1 still the answer, too small an
+effect) are dropped and counted, as the paper does (`filter=None` keeps them,
+flagged). The settings are checked once, before the first item.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import numpy as np
-import torch
 
-from lalm_lens.tracing.corruption import Corruption, make_corruption
-from lalm_lens.tracing.groups import final_position
-from lalm_lens.tracing.trace import answer_token, causal_trace
+from lalm_lens.tracing.checks import run_checks
+from lalm_lens.tracing.records import RecordsWriter
+from lalm_lens.tracing.results import describe_curve, first_reaching
+from lalm_lens.tracing.trace import TraceSpec, make_result, pick_engine, prepare_job, refuse_moved
+
+ITEM_FIELDS = ("id", "audio", "question", "answer", "options", "answer_prefix")
+DROPPED = {"clean_top1": "dropped_clean_wrong", "corrupted_top1": "dropped_corrupted_right", "effect": "dropped_small_effect"}
 
 
 @dataclass
@@ -30,28 +41,61 @@ class Item:
     id: str
     audio: str
     question: str
-    answer: str
+    answer: Union[str, int]
     options: Optional[list[str]] = None
     answer_prefix: Optional[str] = None
     meta: dict = field(default_factory=dict)  # other fields of the item (kept in the records)
 
 
+def stable_id(audio: str, question: str) -> str:
+    """An id from the audio path and the question: unchanged when other items are added."""
+    digest = hashlib.sha1(f"{audio}\n{question}".encode()).hexdigest()[:10]
+    return f"{Path(str(audio)).stem}-{digest}"
+
+
+def item_from_dict(d: dict, folder: Optional[Path] = None, where: str = "item") -> Item:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: an item must be a JSON object, got {type(d).__name__}")
+    missing = [k for k in ("audio", "question", "answer") if k not in d]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}")
+    audio = d["audio"]
+    if folder is not None and isinstance(audio, str) and not Path(audio).is_absolute():
+        audio = str(folder / audio)
+    extra = {k: v for k, v in d.items() if k not in ITEM_FIELDS}
+    return Item(id=str(d["id"]) if d.get("id") is not None else stable_id(d["audio"], d["question"]), audio=audio,
+                question=d["question"], answer=d["answer"], options=d.get("options"),
+                answer_prefix=d.get("answer_prefix"), meta=extra)
+
+
 def read_items(path: Union[str, Path]) -> list[Item]:
-    """Items from a JSONL file; relative audio paths are resolved against its folder."""
+    """Items from a JSONL file; a malformed line is reported (file and line) and skipped."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"items file not found: {path}")
     items = []
-    for n, line in enumerate(path.read_text().splitlines()):
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
-        d = json.loads(line)
-        missing = {"audio", "question", "answer"} - set(d)
-        if missing:
-            raise ValueError(f"{path.name} line {n + 1}: missing field(s) {sorted(missing)}")
-        audio = Path(d["audio"])
-        audio = audio if audio.is_absolute() else path.parent / audio
-        extra = {k: v for k, v in d.items() if k not in ("id", "audio", "question", "answer", "options", "answer_prefix")}
-        items.append(Item(id=str(d.get("id", n)), audio=str(audio), question=d["question"], answer=d["answer"],
-                          options=d.get("options"), answer_prefix=d.get("answer_prefix"), meta=extra))
+        try:
+            items.append(item_from_dict(json.loads(line), path.parent, f"{path.name} line {n}"))
+        except ValueError as err:
+            warnings.warn(f"{path.name} line {n} skipped: {err}")
+    return items
+
+
+def as_items(items) -> list[Item]:
+    """A list of `Item`s from a path, `Item`s or dicts; duplicate ids refused."""
+    if isinstance(items, (str, Path)):
+        items = read_items(items)
+    items = [i if isinstance(i, Item) else item_from_dict(i, where=f"item {n}") for n, i in enumerate(items)]
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.id] = seen.get(item.id, 0) + 1
+    dup = [i for i, n in seen.items() if n > 1]
+    if dup:
+        raise ValueError(f"duplicate item id(s) {dup[:5]}{' ...' if len(dup) > 5 else ''}: ids must be unique "
+                         "(records are matched by id when a run resumes)")
     return items
 
 
@@ -85,89 +129,112 @@ class DatasetResult:
             out[r["status"]] = out.get(r["status"], 0) + 1
         return out
 
+    @property
+    def all_failed(self) -> bool:
+        return bool(self.records) and all(r["status"] == "error" for r in self.records)
+
     def layer_curve(self):
         """Layers mode: (layers, mean RR, CI low, CI high) over kept items."""
         rows = [r["recovery"] for r in self.kept]
         if not rows:
             raise ValueError("no item was kept")
-        return (self.layers, *bootstrap_ci(np.array(rows)))
+        return (self.layers, *bootstrap_ci(np.array(rows, dtype=float)))
 
     def group_curves(self) -> dict[str, tuple]:
         """Tokens mode: per group, (layers, mean RR, CI low, CI high) over kept items."""
         names = dict.fromkeys(g for r in self.kept for g in r["group_recovery"])
         return {g: (self.layers, *bootstrap_ci(np.array([r["group_recovery"][g] for r in self.kept
-                                                          if g in r["group_recovery"]]))) for g in names}
+                                                          if g in r["group_recovery"]], dtype=float))) for g in names}
 
     def summary(self) -> str:
         counts = self.counts()
         text = [f"{len(self.records)} items: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
         if not self.kept:
-            return text[0] + "; nothing to average"
+            return text[0] + "; nothing to average" + (" (every item failed: see the records' errors)"
+                                                       if self.all_failed else "")
+        text.append(f"mean RR over {len(self.kept)} kept items, with 95% bootstrap CIs; RR = (m_patched − m_corrupted)"
+                    " / (m_clean − m_corrupted) per item")
         if self.mode == "layers":
             layers, mean, lo, hi = self.layer_curve()
             best = int(np.nanargmax(mean))
-            half = next((l for l, m in zip(layers, mean) if m >= 0.5), None)
-            text.append(f"mean RR peaks at layer {layers[best]} ({mean[best]:.2f}, 95% CI {lo[best]:.2f}-{hi[best]:.2f}); "
-                        f"first layer with mean RR >= 0.5: {half}")
+            text.append(f"{describe_curve(mean, layers)} (95% CI {lo[best]:.2f} to {hi[best]:.2f}); first layer "
+                        f"with mean RR >= 0.5: {first_reaching(mean, layers)}")
         else:
             for g, (layers, mean, lo, hi) in self.group_curves().items():
                 best = int(np.nanargmax(mean))
-                text.append(f"{g}: max mean RR {mean[best]:.2f} at layer {layers[best]} (95% CI {lo[best]:.2f}-{hi[best]:.2f})")
+                text.append(f"{g}: {describe_curve(mean, layers)} (95% CI {lo[best]:.2f} to {hi[best]:.2f})")
         return "\n".join(text)
+
+    def title(self) -> str:
+        s = self.settings
+        state = s.get("states", "")
+        parts = [s.get("model"), (s.get("corruption") or {}).get("kind"), f"restoring {state}",
+                 f"n = {len(self.kept)} items"]
+        return " · ".join(str(p) for p in parts if p)
 
     def plot(self, ax=None, title: Optional[str] = None):
         from lalm_lens.tracing import plots
 
+        band = f"95% CI over {len(self.kept)} items"
         if self.mode == "layers":
-            return plots.plot_layers({"mean RR": self.layer_curve()}, ax=ax, title=title)
-        return plots.plot_groups(self.group_curves(), ax=ax, title=title)
+            return plots.plot_layers({"mean RR": self.layer_curve()}, ax=ax, title=title or self.title(), band=band)
+        return plots.plot_groups(self.group_curves(), ax=ax, title=title or self.title(), band=band)
 
-    def save(self, path: Union[str, Path]) -> Path:
-        path = Path(path)
-        summary: dict[str, Any] = dict(mode=self.mode, layers=self.layers, counts=self.counts(), settings=self.settings)
+    def to_json(self) -> dict[str, Any]:
+        """Numbers and settings (no sentences): counts, curves with CIs, peaks."""
+        out: dict[str, Any] = dict(schema=2, mode=self.mode, layers=self.layers, counts=self.counts(),
+                                   n_items=len(self.records), n_kept=len(self.kept), settings=self.settings)
+
+        def curve(layers, m, lo, hi):
+            finite = np.isfinite(m)
+            peak = int(np.nanargmax(m)) if finite.any() else None
+            return dict(mean=m.tolist(), ci_low=lo.tolist(), ci_high=hi.tolist(),
+                        peak_layer=None if peak is None else layers[peak], peak=None if peak is None else float(m[peak]),
+                        flat=bool(finite.any() and np.nanmax(m) - np.nanmin(m) < 0.05),
+                        first_layer_at_half=first_reaching(m, layers))
+
         if self.kept:
             if self.mode == "layers":
-                _, m, lo, hi = self.layer_curve()
-                summary["mean_recovery"] = dict(mean=m.tolist(), ci_low=lo.tolist(), ci_high=hi.tolist())
+                out["mean_recovery"] = curve(*self.layer_curve())
             else:
-                summary["group_recovery"] = {g: dict(mean=m.tolist(), ci_low=lo.tolist(), ci_high=hi.tolist())
-                                             for g, (_, m, lo, hi) in self.group_curves().items()}
-        path.write_text(json.dumps(summary, indent=1))
+                out["group_recovery"] = {g: curve(*c) for g, c in self.group_curves().items()}
+        return out
+
+    def save(self, path: Union[str, Path]) -> Path:
+        from lalm_lens.tracing.results import _clean_floats
+
+        path = Path(path)
+        path.write_text(json.dumps(_clean_floats(self.to_json()), indent=1, allow_nan=False))
         return path
 
 
-def _predictions(model, inputs, corr: Corruption, final: int) -> tuple[int, int]:
-    """Top-1 token of the clean run and of the corrupted run (mean probabilities over noise samples)."""
-    from lalm_lens.tracing.engines import noise_hooks, repeat_inputs
-
-    with torch.no_grad():
-        clean_top = int(model(inputs)[0, final].argmax())
-        batch = repeat_inputs(corr.inputs, corr.n_runs)
-        probs = model.run_with_hooks(batch, fwd_hooks=noise_hooks(corr.noise))[:, final].float().softmax(-1).mean(0)
-    return clean_top, int(probs.argmax())
+def item_record(item: Item) -> dict[str, Any]:
+    return dict(id=item.id, audio=str(item.audio), answer=item.answer, **item.meta)
 
 
-def trace_item(model, item: Item, *, mode: str, corruption: str, filter: Optional[str], trace_kwargs: dict) -> dict:
-    record: dict[str, Any] = dict(id=item.id, audio=item.audio, answer=item.answer, **item.meta)
+def trace_item(model, spec: TraceSpec, item: Item, filter: Optional[str]) -> dict:
+    """One item's record (checks run first; a dropped item runs no cells)."""
+    record = item_record(item)
     inp = model.prepare(item.audio, item.question, answer_prefix=item.answer_prefix, options=item.options)
-    answer_id, _ = answer_token(model, inp, item.answer)
-    final = final_position(inp)
-    corr_kwargs = {k: trace_kwargs[k] for k in ("noise_scale", "n_samples", "seed", "snr_db", "swap_audio") if k in trace_kwargs}
-    corr = make_corruption(model, inp, None, corruption, **corr_kwargs)
-    clean_top, corrupted_top = _predictions(model, inp, corr, final)
-    record.update(clean_top=clean_top, corrupted_top=corrupted_top, answer_token=answer_id)
-    if filter == "top1" and clean_top != answer_id:
-        record["status"] = "dropped_clean_wrong"
+    job, info = prepare_job(model, spec, inp, item.answer)
+    engine = pick_engine(model, spec, job)
+    base = engine.baseline(model, job)
+    checks = run_checks(model, base.clean_logits, base.corrupted_logits, job.answer, base.clean_score,
+                        base.corrupted_score, spec.min_effect)
+    record.update(answer_token=job.answer, clean=base.clean_score, corrupted=base.corrupted_score,
+                  clean_top=int(base.clean_logits.argmax()),
+                  corrupted_top=int(base.corrupted_logits.float().softmax(-1).mean(0).argmax()),
+                  checks=checks.to_json())
+    if filter and not checks.ok:
+        record["status"] = DROPPED[checks.failed[0].name]
         return record
-    if filter == "top1" and corrupted_top == answer_id:
-        record["status"] = "dropped_corrupted_right"
-        return record
-    result = causal_trace(model, inp, corr, answer=answer_id, mode=mode, corruption=corruption, **trace_kwargs)
-    record.update(status="ok", p_clean=result.p_clean, p_corrupted=result.p_corrupted,
+    result = make_result(model, spec, inp, job, info, base, engine.patched(model, job, base), engine)
+    record.update(status="ok", ill_posed=result.ill_posed, patched=result.patched.tolist(),
                   recovery=result.recovery.tolist(), positions=result.positions,
                   groups=[result.groups[p] for p in result.positions])
-    if mode == "tokens":
+    if spec.mode == "tokens":
         record["group_recovery"] = {g: v.tolist() for g, v in result.group_recovery().items()}
+        record["token_labels"] = result.token_labels
     return record
 
 
@@ -177,45 +244,49 @@ def trace_dataset(
     *,
     out: Union[str, Path, None] = None,
     mode: str = "layers",
-    corruption: str = "silence",
-    filter: Optional[str] = "top1",
+    corruption="silence",
+    metric=None,
+    states: str = "resid_post",
+    layers=None,
+    positions=None,
+    window: int = 1,
+    engine="fast",
+    min_effect: Optional[float] = None,
+    filter: Optional[str] = "checks",
+    overwrite: bool = False,
     progress: bool = True,
     limit: Optional[int] = None,
-    **trace_kwargs: Any,
+    **moved,
 ) -> DatasetResult:
-    """Trace every item; `filter="top1"` applies the paper's drops (None keeps all)."""
+    """Trace every item (`filter="checks"` drops ill-posed items as the paper does; None keeps all)."""
     from tqdm.auto import tqdm
 
-    if isinstance(items, (str, Path)):
-        items = read_items(items)
-    items = [i if isinstance(i, Item) else Item(**i) for i in items][:limit]
-    done: dict[str, dict] = {}
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            for line in out.read_text().splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    done[rec["id"]] = rec
-    records = []
-    handle = out.open("a") if out is not None else None
-    try:
+    refuse_moved(moved)
+    if filter not in (None, "checks", "top1"):
+        raise ValueError(f"filter must be 'checks' (drop ill-posed items) or None, got {filter!r}")
+    spec = TraceSpec(model, mode=mode, states=states, layers=layers, positions=positions, window=window,
+                     corruption=corruption, metric=metric, engine=engine, min_effect=min_effect)
+    items = as_items(items)[:limit]
+    settings = dict(spec.settings(), model=getattr(model, "name_or_path", None), dtype=str(model.cfg.dtype),
+                    filter=None if filter is None else "checks")
+    records: dict[str, dict] = {}
+
+    def run(write) -> None:
         for item in tqdm(items, desc="tracing", disable=not progress):
-            if item.id in done:
-                records.append(done[item.id])
+            if item.id in records and records[item.id]["status"] != "error":
                 continue
             try:
-                record = trace_item(model, item, mode=mode, corruption=corruption, filter=filter, trace_kwargs=trace_kwargs)
+                record = trace_item(model, spec, item, filter)
             except Exception as err:  # recorded, and the run goes on
-                record = dict(id=item.id, audio=item.audio, status="error", error=f"{type(err).__name__}: {err}")
-            records.append(record)
-            if handle is not None:
-                handle.write(json.dumps(record) + "\n")
-                handle.flush()
-    finally:
-        if handle is not None:
-            handle.close()
-    layers = list(trace_kwargs.get("layers") or range(model.cfg.n_layers))
-    settings = dict(corruption=corruption, filter=filter, **{k: v for k, v in trace_kwargs.items() if k != "swap_audio"})
-    return DatasetResult(records=records, mode=mode, layers=layers, settings=settings)
+                record = dict(item_record(item), status="error", error=f"{type(err).__name__}: {err}")
+            records[item.id] = record
+            write(record)
+
+    if out is None:
+        run(lambda record: None)
+    else:
+        with RecordsWriter(Path(out), settings, overwrite) as writer:
+            records.update({r["id"]: r for r in writer.records})
+            run(writer.write)
+    wanted = [records[i.id] for i in items if i.id in records]
+    return DatasetResult(records=wanted, mode=spec.mode, layers=spec.layers, settings=settings)

@@ -14,8 +14,6 @@ Special tokens of the tokenizer are flagged separately (`special_positions`).
 
 from __future__ import annotations
 
-from typing import Optional
-
 GROUP_ORDER = ("template", "audio", "transcript", "early_prompt", "object", "late_prompt", "final")
 
 
@@ -66,21 +64,8 @@ def non_audio_positions(groups: list[str]) -> list[int]:
     return [i for i, g in enumerate(groups) if g != "audio"]
 
 
-def positions_of(groups: list[str], name: str) -> list[int]:
-    return [i for i, g in enumerate(groups) if g == name]
-
-
 def final_position(inp, row: int = 0) -> int:
     mask = inp.get("attention_mask") if hasattr(inp, "get") else None
     if mask is None:
         return inp["input_ids"].shape[1] - 1
     return int(mask[row].nonzero().max())
-
-
-def describe_groups(groups: list[str]) -> dict[str, Optional[tuple[int, int]]]:
-    """First and last position of each group (None when absent)."""
-    out = {}
-    for name in GROUP_ORDER:
-        idx = positions_of(groups, name)
-        out[name] = (idx[0], idx[-1]) if idx else None
-    return out

@@ -1,4 +1,10 @@
-"""Figures: ROME-style layer x token heatmaps, layer-wise curves with CIs, group curves."""
+"""Figures: ROME-style layer x token heatmaps, layer-wise curves with CIs, group curves.
+
+Every figure says what it shows: the title names the model, the answer, the
+corruption and the restored state (and "ill-posed: ..." when a check failed);
+axes and colourbars are labelled; a shaded band says it is a 95 % CI over n
+items; the audio span of a heatmap is one labelled row (`[375 audio tokens, 0–15.0 s]`).
+"""
 
 from __future__ import annotations
 
@@ -31,30 +37,68 @@ def _interactive() -> bool:
     return matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "template")
 
 
-def plot_heatmap(result, ax=None, value: str = "recovery", title: Optional[str] = None, cmap: str = "Purples"):
-    """Rows = traced positions (token labels coloured by group), columns = layers."""
+def value_label(result, value: str) -> str:
+    if value == "recovery":
+        return "recovery rate (RR)"
+    return result.metric.get("describe", result.metric.get("name", value)) if hasattr(result, "metric") else value
+
+
+def audio_label(result, n_audio: int) -> str:
+    """`[375 audio tokens, 0–15.0 s]` (the time range when the input has one)."""
+    span = result.settings.get("duration")
+    return f"[{n_audio} audio tokens" + (f", 0–{span:.1f} s]" if span else "]")
+
+
+def heatmap_rows(result, hide_template: bool = False) -> list:
+    """Rows of a heatmap: a column index of `result.positions`, or a label for the audio span between them."""
+    audio = [p for p, g in result.groups.items() if g == "audio" and p not in result.positions]
+    rows, shown_audio = [], False
+    for j, pos in enumerate(result.positions):
+        if audio and not shown_audio and pos > min(audio):
+            rows.append(audio_label(result, len(audio)))
+            shown_audio = True
+        if hide_template and result.groups[pos] == "template":
+            continue
+        rows.append(j)
+    if audio and not shown_audio and result.positions and max(result.positions) > min(audio):
+        rows.append(audio_label(result, len(audio)))
+    return rows
+
+
+def plot_heatmap(result, ax=None, value: str = "recovery", title: Optional[str] = None, cmap: str = "Purples",
+                 hide_template: bool = False):
+    """Rows = traced positions (labels coloured by group), columns = layers."""
     data = getattr(result, value).float().numpy().T  # [positions, layers]
-    height = max(3.0, 0.22 * len(result.positions) + 1.5)
-    ax = _axes(ax, (max(4.0, 0.35 * len(result.layers) + 3), height))
-    finite = data[np.isfinite(data)]
+    rows = heatmap_rows(result, hide_template)
+    shown = np.array([data[r] if isinstance(r, int) else np.full(data.shape[1], np.nan) for r in rows])
+    height = max(3.0, 0.22 * len(rows) + 1.8)
+    ax = _axes(ax, (max(4.5, 0.35 * len(result.layers) + 3.5), height))
+    finite = shown[np.isfinite(shown)]
     vmax = max(1.0, float(finite.max())) if value == "recovery" and finite.size else None
-    image = ax.imshow(data, aspect="auto", cmap=cmap, vmin=0.0 if value == "recovery" else None, vmax=vmax,
-                      interpolation="nearest")
+    import matplotlib
+
+    colormap = matplotlib.colormaps[cmap].copy()
+    colormap.set_bad("#e8e8e8")
+    image = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap=colormap,
+                      vmin=0.0 if value == "recovery" else None, vmax=vmax, interpolation="nearest")
     ax.set_xticks(range(len(result.layers)))
     ax.set_xticklabels(result.layers, fontsize=7)
-    ax.set_yticks(range(len(result.positions)))
-    labels = [f"{lab!s}".replace("\n", "\\n")[:18] for lab in result.token_labels]
+    ax.set_yticks(range(len(rows)))
+    labels = [result.position_label(result.positions[r])[:24] if isinstance(r, int) else r for r in rows]
     ax.set_yticklabels(labels, fontsize=7)
-    for tick, pos in zip(ax.get_yticklabels(), result.positions):
-        tick.set_color(GROUP_COLORS.get(result.groups[pos], "black"))
+    for tick, r in zip(ax.get_yticklabels(), rows):
+        group = result.groups[result.positions[r]] if isinstance(r, int) else "audio"
+        tick.set_color(GROUP_COLORS.get(group, "black"))
     ax.set_xlabel("layer")
-    window = result.settings.get("window", 1)
-    restored = result.states + (f" (window {window})" if window > 1 else "")
-    ax.set_title(title or f"restoring {restored}: {'recovery rate' if value == 'recovery' else 'P(' + result.answer + ')'}")
-    ax.figure.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
-    seen = {result.groups[p] for p in result.positions}
+    ax.set_ylabel("restored position")
+    ax.set_title(title or result.title(f"restoring {result.restored()}"), fontsize=9)
+    bar = ax.figure.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label(value_label(result, value))
+    seen = {result.groups[result.positions[r]] for r in rows if isinstance(r, int)} | (
+        {"audio"} if any(not isinstance(r, int) for r in rows) else set())
     handles = [_patch(GROUP_COLORS[g], g) for g in GROUP_COLORS if g in seen]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.18, 1.0), fontsize=7, frameon=False)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.25, 1.0), fontsize=7, frameon=False,
+              title="token group", title_fontsize=7)
     ax.figure.tight_layout()
     return ax
 
@@ -77,27 +121,34 @@ def _curve(item, value: str):
 
 
 def plot_layers(curves: Mapping[str, Curve], ax=None, value: str = "recovery", title: Optional[str] = None,
-                ylabel: Optional[str] = None):
-    """Layer-wise curves (several models, attributes or groups on one figure), CIs shaded."""
-    ax = _axes(ax, (6.0, 3.6))
+                ylabel: Optional[str] = None, xlabel: str = "layer", band: Optional[str] = None):
+    """Layer-wise curves (several models, attributes or groups on one figure); `band` labels the shaded CIs
+    (e.g. "95% CI over 60 items")."""
+    ax = _axes(ax, (6.4, 3.8))
+    shaded = False
     for name, item in curves.items():
         layers, mean, lo, hi = _curve(item, value)
         (line,) = ax.plot(layers, mean, marker="o", markersize=3, label=name, color=GROUP_COLORS.get(name))
         if lo is not None and hi is not None:
             ax.fill_between(layers, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+            shaded = True
+    if shaded and band:
+        ax.fill_between([], [], [], color="grey", alpha=0.2, linewidth=0, label=f"shaded: {band}")
     ax.axhline(0.0, color="black", linewidth=0.5)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(ylabel or ("recovery rate" if value == "recovery" else value))
-    ax.set_title(title or "layer-wise recovery")
+    ax.set_xlabel(xlabel)
+    first = next(iter(curves.values()), None)
+    ax.set_ylabel(ylabel or (value_label(first, value) if hasattr(first, "metric") else
+                             "recovery rate (RR)" if value == "recovery" else value))
+    ax.set_title(title or "layer-wise recovery", fontsize=9)
     ax.legend(fontsize=8, frameon=False)
     ax.figure.tight_layout()
     return ax
 
 
-def plot_groups(group_curves: Mapping[str, tuple], ax=None, title: Optional[str] = None):
+def plot_groups(group_curves: Mapping[str, tuple], ax=None, title: Optional[str] = None, band: Optional[str] = None):
     """Group-wise curves (early prompt / object / late prompt / final), one line per group."""
     order = [g for g in GROUP_COLORS if g in group_curves] + [g for g in group_curves if g not in GROUP_COLORS]
-    return plot_layers({g: group_curves[g] for g in order}, ax=ax, title=title or "recovery by token group")
+    return plot_layers({g: group_curves[g] for g in order}, ax=ax, title=title or "recovery by token group", band=band)
 
 
 def save(ax, path: Union[str, Path]) -> Path:
@@ -108,4 +159,3 @@ def save(ax, path: Union[str, Path]) -> Path:
 
     plt.close(ax.figure)
     return path
-

@@ -1,68 +1,51 @@
 """`causal_trace`: the paper's clean / corrupted / patched runs on one item.
 
-Score: P(answer) at the final position. Recovery:
-RR = (P_patched − P_corrupted) / (P_clean − P_corrupted).
-`mode="tokens"` restores one position at a time (cell = layer x position);
-`mode="layers"` restores all `positions` at once at each layer. For `attn_out`
-and `mlp_out` (or any state) `window=w` restores layers
-`[l - w//2, l + ceil(w/2))` clipped at the ends, as ROME does.
+`mode="tokens"` restores one position at a time (cell = layer x position, a
+`TokenTrace`); `mode="layers"` restores all `positions` at once at each layer
+(a `LayerTrace`). For `attn_out` and `mlp_out` (or any state) `window=w`
+restores layers `[l - w//2, l + ceil(w/2))` clipped at the ends, as ROME does.
+Every argument is checked before any model work; the result carries the
+checks that say whether its recovery rates mean anything.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Union
+import warnings
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
-from transformer_lens.utilities import get_act_name
 
 from lalm_lens.inputs.prepared import PreparedInput
-from lalm_lens.tracing.corruption import Corruption, check_same_layout, make_corruption
-from lalm_lens.tracing.engines import answer_prob  # noqa: F401  (re-exported)
+from lalm_lens.tracing.cells import build_cells, check_indices, check_mode, check_states, check_window
+from lalm_lens.tracing.checks import resolve_min_effect, run_checks, warn_if_ill_posed
+from lalm_lens.tracing.engines import Engine, ReferenceEngine, TraceJob, as_engine
 from lalm_lens.tracing.groups import final_position, non_audio_positions, special_positions, token_groups
-from lalm_lens.tracing.result import TraceResult
+from lalm_lens.tracing.interventions import Corruption, CorruptedRun, as_corruption, check_same_layout
+from lalm_lens.tracing.metrics import Metric, as_metric, token_id
+from lalm_lens.tracing.results import LayerTrace, TokenTrace, TraceResult
+
+MOVED = {  # 0.1 keywords -> what replaced them
+    "noise_scale": "corruption=GaussianNoise(scale=...)", "n_samples": "corruption=GaussianNoise(n_samples=...)",
+    "seed": "the corruption's seed, e.g. GaussianNoise(seed=...) or WhiteNoise(seed=...)",
+    "snr_db": "corruption=WhiteNoise(snr_db=...)", "swap_audio": "corruption=Swap(audio)",
+    "method": "engine='attribution'", "max_batch_tokens": "engine=FastEngine(max_batch_tokens=...)",
+    "corrupted": "the third argument, corruption= (a dict of tensors or Given(inputs))",
+}
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One patched run: restore `states` at `layers` for `positions`."""
-
-    layers: tuple[int, ...]
-    positions: tuple[int, ...]
-
-
-def window_layers(layer: int, window: int, n_layers: int) -> tuple[int, ...]:
-    return tuple(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
+def refuse_moved(kwargs: dict) -> None:
+    for key in kwargs:
+        if key in MOVED:
+            raise TypeError(f"{key}= is no longer a causal_trace argument: use {MOVED[key]}")
+    if kwargs:
+        raise TypeError(f"unexpected argument(s) {sorted(kwargs)}")
 
 
-def build_cells(mode: str, layers: Sequence[int], positions: Sequence[int], window: int, n_layers: int) -> list[Cell]:
-    if mode == "tokens":
-        return [Cell(window_layers(l, window, n_layers), (p,)) for l in layers for p in positions]
-    if mode == "layers":
-        return [Cell(window_layers(l, window, n_layers), tuple(positions)) for l in layers]
-    raise ValueError(f"mode must be 'tokens' or 'layers', got {mode!r}")
-
-
-def answer_token(model, inp: Mapping, answer: Union[int, str]) -> tuple[int, str]:
-    """The answer's token id. A string is tokenised as it continues the input: with a
-    leading space unless the input ends in whitespace (BPE tokenisers mark the space
-    in the token). It must be exactly one token."""
-    if isinstance(answer, (int, torch.Tensor)) and not isinstance(answer, bool):
-        token = int(answer)
-        if not 0 <= token < model.cfg.d_vocab:
-            raise ValueError(f"answer token {token} is outside the vocabulary (0..{model.cfg.d_vocab - 1})")
-        label = model.tokenizer.decode([token]) if model.tokenizer is not None else str(token)
-        return token, label
-    tok = model._require_tokenizer()
-    text = getattr(inp, "texts", [""])[0]
-    spaced = answer if (not text or text[-1].isspace() or answer[:1].isspace()) else " " + answer
-    ids = tok.encode(spaced, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(
-            f"the answer {answer!r} is {len(ids)} tokens {tok.convert_ids_to_tokens(ids)}, not one; "
-            "pass a one-token answer or a token id"
-        )
-    return ids[0], answer
+def answer_token(model, inp: Mapping, answer) -> tuple[int, str]:
+    """The answer's token id and label (see `metrics.token_id` for how strings are read)."""
+    token = token_id(model, inp, answer)
+    label = answer if isinstance(answer, str) else (model.tokenizer.decode([token]) if model.tokenizer else str(token))
+    return token, label
 
 
 def input_groups(model, inp: Mapping) -> list[str]:
@@ -76,84 +59,112 @@ def input_groups(model, inp: Mapping) -> list[str]:
     return groups
 
 
-def _check_range(values: Sequence[int], n: int, what: str) -> list[int]:
-    values = [int(v) for v in values]
-    bad = [v for v in values if not 0 <= v < n]
-    if bad:
-        raise ValueError(f"{what} {bad} outside the valid range 0..{n - 1}")
-    return values
+class TraceSpec:
+    """The checked settings of a trace (what a dataset run validates once, before its first item)."""
+
+    def __init__(self, model, *, mode="tokens", states="resid_post", layers=None, positions=None, window=1,
+                 corruption="silence", metric=None, engine="fast", min_effect=None):
+        self.mode = check_mode(mode)
+        self.states = check_states(model, states)
+        self.layers = check_indices(layers, model.cfg.n_layers, "layer(s)", range(model.cfg.n_layers))
+        self.positions = positions  # checked per item: they index its tokens
+        if positions is not None:
+            check_indices(positions, None, "position(s)", [])
+        self.window = check_window(window)
+        self.corruption: Corruption = as_corruption(corruption)
+        self.metric: Metric = as_metric(metric)
+        self.engine: Engine = as_engine(engine)
+        self.min_effect = resolve_min_effect(min_effect, self.metric)
+
+    def settings(self) -> dict:
+        """What produced a result, as JSON (compared when a dataset run resumes)."""
+        return dict(mode=self.mode, states=self.states, layers=self.layers, positions=self.positions,
+                    window=self.window, corruption=self.corruption.to_dict(), metric=self.metric.to_dict(),
+                    min_effect=self.min_effect)
+
+
+def prepare_job(model, spec: TraceSpec, clean: Mapping, answer) -> tuple[TraceJob, dict]:
+    """Everything an engine needs for one item (the corruption built, cells chosen), and the labels."""
+    answer_id, answer_label = answer_token(model, clean, answer)
+    groups = input_groups(model, clean)
+    positions = check_indices(spec.positions, len(groups), "position(s)", non_audio_positions(groups))
+    score = spec.metric.bind(model, clean, answer_id)
+    corr: CorruptedRun = spec.corruption.apply(model, clean)
+    check_same_layout(clean, corr.inputs)
+    on_device = lambda inputs: {k: v.to(model.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}  # noqa: E731
+    corr.inputs = on_device(corr.inputs)
+    cells = build_cells(spec.mode, spec.layers, positions, spec.window, model.cfg.n_layers)
+    job = TraceJob(on_device(clean), corr, spec.states, cells, final_position(clean), answer_id, score)
+    info = dict(groups=groups, positions=positions, answer=answer_label, corruption=corr.description)
+    return job, info
+
+
+def pick_engine(model, spec: TraceSpec, job: TraceJob) -> Engine:
+    reason = spec.engine.unsupported(model, job)
+    if reason is None:
+        return spec.engine
+    warnings.warn(reason, stacklevel=3)
+    return ReferenceEngine()
+
+
+def make_result(model, spec: TraceSpec, clean, job: TraceJob, info: dict, base, patched, engine: Engine) -> TraceResult:
+    checks = run_checks(model, base.clean_logits, base.corrupted_logits, job.answer, base.clean_score,
+                        base.corrupted_score, spec.min_effect)
+    positions = info["positions"]
+    if spec.mode == "tokens":
+        patched = patched.view(len(spec.layers), len(positions))
+    str_tokens = clean.str_tokens[0] if isinstance(clean, PreparedInput) else []
+    meta = getattr(clean, "meta", {}) or {}
+    seconds = (meta.get("audio_seconds") or [None])[0]
+    settings = dict(spec.settings(), model=getattr(model, "name_or_path", None), corruption=info["corruption"],
+                    corruption_kind=spec.corruption.to_dict()["kind"], engine=engine.to_dict(),
+                    audio_seconds=None if seconds is None or not len(seconds) else [float(seconds[0]), float(seconds[-1])],
+                    duration=None if getattr(clean, "waveform", None) is None else len(clean.waveform) / clean.sampling_rate)
+    metric = dict(spec.metric.to_dict(), describe=spec.metric.describe(), probability=spec.metric.probability)
+    cls = TokenTrace if spec.mode == "tokens" else LayerTrace
+    return cls(
+        clean=base.clean_score, corrupted=base.corrupted_score, patched=patched, layers=list(spec.layers),
+        positions=positions, token_labels=[str_tokens[p] if str_tokens else str(p) for p in positions],
+        groups=dict(enumerate(info["groups"])), states=spec.states, answer=info["answer"], answer_token=job.answer,
+        metric=metric, checks=checks, settings=settings, str_tokens=str_tokens,
+        special_positions=special_positions(clean, model.tokenizer) if isinstance(clean, PreparedInput) else [],
+    )
 
 
 def causal_trace(
     model,
     clean: Mapping,
-    corrupted: Optional[Mapping] = None,
+    corruption: Union[str, Corruption, Mapping] = "silence",
     *,
     answer: Union[int, str],
-    corruption: str = "silence",
+    metric: Union[str, Metric, Callable, None] = None,
     mode: str = "tokens",
     states: str = "resid_post",
     layers: Optional[Sequence[int]] = None,
     positions: Optional[Sequence[int]] = None,
     window: int = 1,
-    noise_scale: float = 3.0,
-    n_samples: int = 10,
-    seed: int = 0,
-    snr_db: float = 0.0,
-    swap_audio=None,
-    engine: str = "fast",
-    method: str = "exact",
-    max_batch_tokens: Optional[int] = None,
+    engine: Union[str, Engine] = "fast",
+    min_effect: Optional[float] = None,
+    **moved,
 ) -> TraceResult:
-    """Trace one item; see the module docstring. `positions` default to every
-    non-audio position (the paper's text tokens); `layers` to all layers."""
-    from lalm_lens.tracing.engines import ENGINES
+    """Trace one item: restore clean `states` in the corrupted run, cell by cell.
 
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
-    if method not in ("exact", "attribution"):
-        raise ValueError(f"method must be 'exact' or 'attribution', got {method!r}")
-    n_layers = model.cfg.n_layers
-    get_act_name(states, 0)  # fails early on an unknown state name
-    answer_id, answer_label = answer_token(model, clean, answer)
-    groups = input_groups(model, clean)
-    final = final_position(clean)
-    layers = _check_range(range(n_layers) if layers is None else layers, n_layers, "layer(s)")
-    positions = _check_range(non_audio_positions(groups) if positions is None else positions, len(groups), "position(s)")
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-
-    corr = corrupted if isinstance(corrupted, Corruption) else make_corruption(
-        model, clean, corrupted, corruption, noise_scale=noise_scale, n_samples=n_samples, seed=seed,
-        snr_db=snr_db, swap_audio=swap_audio,
-    )
-    check_same_layout(clean, corr.inputs)
-    cells = build_cells(mode, layers, positions, window, n_layers)
-    run = ENGINES[engine] if method == "exact" else ENGINES["attribution"]
-    p_clean, p_corrupted, p_patched = run(
-        model, clean, corr, states=states, cells=cells, answer=answer_id, final=final, max_batch_tokens=max_batch_tokens
-    )
-    p_patched = p_patched.double()
-    if mode == "tokens":
-        p_patched = p_patched.view(len(layers), len(positions))
-    recovery = (p_patched - p_corrupted) / (p_clean - p_corrupted) if p_clean != p_corrupted else p_patched * float("nan")
-    str_tokens = clean.str_tokens[0] if isinstance(clean, PreparedInput) else []
-    return TraceResult(
-        p_clean=p_clean,
-        p_corrupted=float(p_corrupted),
-        p_patched=p_patched,
-        recovery=recovery,
-        layers=layers,
-        positions=positions,
-        token_labels=[str_tokens[p] if str_tokens else str(p) for p in positions],
-        groups=dict(enumerate(groups)),
-        mode=mode,
-        states=states,
-        answer=answer_label,
-        answer_token=answer_id,
-        settings=dict(corruption=corr.description, corruption_kind=corruption,
-                      window=window, noise_scale=noise_scale, n_samples=n_samples, seed=seed, snr_db=snr_db,
-                      engine=engine, method=method),
-        str_tokens=str_tokens,
-        special_positions=special_positions(clean, model.tokenizer) if isinstance(clean, PreparedInput) else [],
-    )
+    `corruption`: `Silence()` (default), `GaussianNoise(...)`, `WhiteNoise(...)`,
+    `Swap(audio)`, a shorthand string, or the corrupted input itself. `answer`: a
+    one-token string or a token id. `metric`: `answer_prob` (default),
+    `logit_diff(...)`, `option_prob(...)` or a callable on the final logits.
+    `positions` default to every non-audio position (the paper's text tokens),
+    `layers` to all. `engine`: "fast" (exact), "reference" (one forward per cell)
+    or "attribution" (gradient estimate). `min_effect`: the smallest
+    m(clean) − m(corrupted) for a well-posed trace (default: the metric's).
+    """
+    refuse_moved(moved)
+    spec = TraceSpec(model, mode=mode, states=states, layers=layers, positions=positions, window=window,
+                     corruption=corruption, metric=metric, engine=engine, min_effect=min_effect)
+    job, info = prepare_job(model, spec, clean, answer)
+    run = pick_engine(model, spec, job)
+    base = run.baseline(model, job)
+    patched = run.patched(model, job, base)
+    result = make_result(model, spec, clean, job, info, base, patched, run)
+    warn_if_ill_posed(result.checks, f"the trace of {result.answer!r}")
+    return result

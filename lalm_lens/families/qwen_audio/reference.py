@@ -13,9 +13,7 @@ RMSNorm, rotate-half RoPE) with `c_attn` split into q/k/v and w2 as the gate.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -78,19 +76,24 @@ class QwenAudioReference(nn.Module):
                                 max_new_tokens=max_new_tokens, **kwargs)
 
 
-def load_reference(folder: Path, dtype=None, device=None) -> QwenAudioReference:
+def load_reference(ckpt, dtype=None, device=None) -> QwenAudioReference:
     from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    from weight_conversion.base import checkpoint_shards, read_tensors
+    from weight_conversion.base import read_tensors
 
-    c = json.loads((folder / "config.json").read_text())
+    c = ckpt.config()
     a = c["audio"]
-    state = {k: v for path in checkpoint_shards(folder) for k, v in read_tensors(path)}
+    dtype = dtype or torch.float32
+    # One copy of the weights, in the target dtype: modules are built on the meta device and take the
+    # checkpoint's tensors as their parameters (`assign=True`), never initialised randomly.
+    state = {k: v.to(dtype) for path in ckpt.shards() for k, v in read_tensors(path)}
+    meta = torch.device("meta")
     wcfg = WhisperConfig(d_model=a["n_state"], encoder_layers=a["n_layer"], encoder_attention_heads=a["n_head"],
                          encoder_ffn_dim=4 * a["n_state"], num_mel_bins=a["n_mels"], max_source_positions=a["n_ctx"])
     wcfg._attn_implementation = "eager"
-    encoder = WhisperEncoder(wcfg)
+    with meta:
+        encoder = WhisperEncoder(wcfg)
     e = "transformer.audio."
     enc_state = {"conv1.weight": state[e + "conv1.weight"], "conv1.bias": state[e + "conv1.bias"],
                  "conv2.weight": state[e + "conv2.weight"], "conv2.bias": state[e + "conv2.bias"],
@@ -105,18 +108,20 @@ def load_reference(folder: Path, dtype=None, device=None) -> QwenAudioReference:
                 key = f"{e}blocks.{i}.{theirs}.{kind}"
                 if key in state:
                     enc_state[f"layers.{i}.{ours}.{kind}"] = state[key]
-    encoder.load_state_dict(enc_state, strict=True)
-    proj = nn.Linear(a["n_state"], a["output_dim"])
-    proj.load_state_dict({"weight": state[e + "proj.weight"], "bias": state[e + "proj.bias"]})
-    tags = nn.Embedding(2, a["output_dim"])
-    tags.load_state_dict({"weight": state[e + "audio_bos_eos_token.weight"]})
+    encoder.load_state_dict(enc_state, strict=True, assign=True)
+    with meta:
+        proj = nn.Linear(a["n_state"], a["output_dim"])
+        tags = nn.Embedding(2, a["output_dim"])
+    proj.load_state_dict({"weight": state[e + "proj.weight"], "bias": state[e + "proj.bias"]}, assign=True)
+    tags.load_state_dict({"weight": state[e + "audio_bos_eos_token.weight"]}, assign=True)
     heads = c["num_attention_heads"]
     lcfg = Qwen2Config(hidden_size=c["hidden_size"], num_attention_heads=heads, num_key_value_heads=heads,
                        intermediate_size=c["intermediate_size"] // 2, num_hidden_layers=c["num_hidden_layers"],
                        vocab_size=c["vocab_size"], rms_norm_eps=c["layer_norm_epsilon"],
                        rope_parameters={"rope_type": "default", "rope_theta": float(c["rotary_emb_base"])},
                        max_position_embeddings=c["seq_length"], tie_word_embeddings=False)
-    lm = Qwen2ForCausalLM(lcfg)
+    with meta:
+        lm = Qwen2ForCausalLM(lcfg)
     lm_state = {"model.embed_tokens.weight": state["transformer.wte.weight"], "model.norm.weight": state["transformer.ln_f.weight"],
                 "lm_head.weight": state["lm_head.weight"]}
     for i in range(c["num_hidden_layers"]):
@@ -131,6 +136,7 @@ def load_reference(folder: Path, dtype=None, device=None) -> QwenAudioReference:
                          m + "mlp.down_proj.weight": state[h + "mlp.c_proj.weight"],
                          m + "input_layernorm.weight": state[h + "ln_1.weight"],
                          m + "post_attention_layernorm.weight": state[h + "ln_2.weight"]})
-    lm.load_state_dict(lm_state, strict=True)
+    lm.load_state_dict(lm_state, strict=True, assign=True)
+    lm.model.rotary_emb = type(lm.model.rotary_emb)(lcfg)  # its buffers are computed, not loaded
     ref = QwenAudioReference(encoder, proj, tags, lm, a["audio_start_id"])
-    return ref.to(device=device, dtype=dtype or torch.float32).eval()
+    return ref.to(device=device).eval()

@@ -9,8 +9,8 @@ attention, output projection and MLP at that layer, most of a layer's work.
 The shortcut is exact where the traced state, restored at a non-answer position
 of the last layer, can reach the answer only through the residual entering the
 block (`resid_pre`, restored before the keys are projected) or not at all (the
-other `SAFE_STATES`), and where nothing else hooks the last block (user hooks
-see the full tensors on the ordinary path).
+other `SAFE_STATES`). The fast engine runs no suffix where the user has hooks on
+the blocks, so only the engine's own hooks fire here.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
+
+from lalm_lens.components.masks import LMContext
 
 SAFE_STATES = frozenset({"resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z"})
 
 
 class PrependedKV:
-    """Per-row keys/values of earlier positions at one layer, put before the queries' own.
+    """Per-row keys/values of the row's other positions, put before the query's own (behind a prefix cache).
 
-    Optionally behind a `SharedPrefixKV` (the corrupted run's prefix); the
-    attention's hooks still see one `[rows, head, 1, all keys]` pattern.
+    The attention's hooks still see one `[rows, head, 1, all keys]` pattern.
     """
 
     shared = True
@@ -47,27 +47,26 @@ class PrependedKV:
         return attn.attend(q, k, v, mask)
 
 
-def usable(block: nn.Module, states: str) -> bool:
-    """Whether the shortcut is exact for `states` and no foreign hook sits on `block`."""
-    return states in SAFE_STATES and not any(isinstance(m, HookPoint) and m.has_hooks() for m in block.modules())
-
-
 def answer_only(
     block: nn.Module,
     x: Float[Tensor, "rows pos d_model"],
-    at: int,
-    mask: Optional[Tensor],
-    rope: Optional[tuple[Tensor, Tensor]],
+    at: Int[Tensor, "rows"],
+    ctx: LMContext,
     prefix=None,
-) -> tuple[Float[Tensor, "rows 1 d_model"], Tensor, Tensor]:
-    """`block(x, mask, rope, prefix)[:, at:at + 1]`, plus the block's keys/values for every position of `x`.
+) -> Float[Tensor, "rows 1 d_model"]:
+    """`block(x, ...)[r, at[r]]` for every row r, computing the block only at those positions.
 
-    `mask` and `rope` are those of the full call (queries = the positions of `x`,
-    keys = the prefix then `x`); hooks on the block fire for the answer position.
+    `ctx` is the full call's (queries = the positions of `x`, keys = the prefix then
+    `x`): the answer query sees the prefix and the positions of `x` before it
+    (their keys from this call), then its own key.
     """
-    k, v = block.attn.key_value(block.ln1(x), rope)
+    rows = torch.arange(x.shape[0], device=x.device)
+    k, v = block.attn.key_value(block.ln1(x), ctx.rope)
     n_prefix = len(prefix) if prefix is not None else 0
-    q_mask = None if mask is None else mask[..., at : at + 1, : n_prefix + at + 1]
-    q_rope = None if rope is None else tuple(t[:, at : at + 1] for t in rope)
-    out = block(x[:, at : at + 1], q_mask, q_rope, PrependedKV(k[:, :at], v[:, :at], prefix))
-    return out, k, v
+    if ctx.mask is None or ctx.mask.shape[0] != x.shape[0]:
+        raise ValueError("answer_only needs the per-row causal mask of the full call")
+    q_mask = ctx.mask[rows, :, at][:, :, None].clone()  # [rows, 1, 1, prefix + pos]
+    q_mask[rows, 0, 0, n_prefix + at] = torch.finfo(q_mask.dtype).min  # the query's key: its own, appended last
+    mask = torch.cat([q_mask, q_mask.new_zeros(*q_mask.shape[:-1], 1)], dim=-1)
+    rope = None if ctx.rope is None else tuple(t[rows, at][:, None] for t in ctx.rope)
+    return block(x[rows, at][:, None], mask, rope, PrependedKV(k, v, prefix))

@@ -103,24 +103,20 @@ class DestaReference(nn.Module):
                                  max_new_tokens=max_new_tokens, **kwargs)
 
 
-def load_reference(encoder_path, llm_path, connector_files, config, dtype=None, device=None) -> DestaReference:
-    """Build the reference from the three checkpoints a DeSTA model is made of."""
+def load_reference(connector_files, src, config, dtype=None, device=None) -> DestaReference:
+    """Build the reference from the three checkpoints a DeSTA model is made of (`src`: `DestaSources`)."""
     from transformers import LlamaForCausalLM, WhisperForConditionalGeneration
 
-    from weight_conversion.base import read_safetensors
+    from weight_conversion.base import read_tensors
 
-    whisper = WhisperForConditionalGeneration.from_pretrained(encoder_path, dtype=dtype)
-    llm = LlamaForCausalLM.from_pretrained(llm_path, dtype=dtype)
+    whisper = WhisperForConditionalGeneration.from_pretrained(src.encoder_path, dtype=dtype)
+    llm = LlamaForCausalLM.from_pretrained(src.llm_path, dtype=dtype)
     p = config.projector
     connector = DestaConnector(p.d_in, p.extra["n_heads"], p.extra["n_layers"], len(p.extra["taps"]),
                                p.extra["n_queries"], p.d_out)
     prefix = p.extra.get("checkpoint_prefix", "")
-    state = {}
-    for path in connector_files:
-        for key, tensor in read_safetensors(path) if str(path).endswith(".safetensors") else torch.load(
-                path, map_location="cpu", weights_only=True).items():
-            if key.startswith(prefix):
-                state[key[len(prefix):]] = tensor
+    state = {key[len(prefix):]: tensor for path in connector_files for key, tensor in read_tensors(path)
+             if key.startswith(prefix)}
     connector.load_state_dict(state)
     ref = DestaReference(whisper, llm, connector.to(dtype or torch.float32), p.extra["taps"], config.audio_token_id,
                          p.extra.get("hidden_state_taps"))

@@ -1,0 +1,99 @@
+"""The `lalm-lens` command: trace, trace-dataset, verify, demo-data.
+
+Errors print one line (`lalm-lens: error: ...`, exit status 2); `--debug`
+shows the traceback. Arguments, audio files, the items file and the output
+folder are checked before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from lalm_lens.cli.args import DTYPES, CLIError
+from lalm_lens.cli import trace as trace_commands
+
+
+class Formatter(argparse.HelpFormatter):
+    """Help that shows every default (unless the help text already says it, or it is an off switch)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lalm_lens.cli.args import check_audio_file
+    from lalm_lens.verification import verify
+
+    if args.audio:
+        check_audio_file(args.audio, "--audio")
+    load = {k: v for k, v in (("encoder_path", args.encoder_path), ("llm_path", args.llm_path)) if v}
+    prepare = {"transcript": args.transcript} if args.transcript is not None else {}
+    report = verify(args.model, audio=args.audio, prompt=args.prompt, dtype=DTYPES.get(args.dtype), device=args.device,
+                    prepare_kwargs=prepare, **load)
+    print(report)
+    return 0 if report.passed else 1
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from lalm_lens.cli.args import check_writable
+    from lalm_lens.demo import write_demo_dataset
+
+    if args.n < 1:
+        raise CLIError(f"-n must be at least 1, got {args.n}")
+    check_writable(args.out)
+    path = write_demo_dataset(args.out, n=args.n, seed=args.seed)
+    print(f"wrote {args.n} items to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lalm-lens", description="Hooked audio LMs and causal tracing.",
+                                     formatter_class=Formatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    trace_commands.add_parsers(sub, Formatter)
+
+    v = sub.add_parser("verify", help="compare the hooked model with the original on one input", formatter_class=Formatter)
+    v.add_argument("model", help="hub id or local checkpoint folder")
+    v.add_argument("--audio", help="audio file (default: a synthesized 3 s chirp)")
+    v.add_argument("--prompt", default="Describe the audio.", help="the user's text")
+    v.add_argument("--dtype", choices=sorted(DTYPES), help="both models' dtype (default: the checkpoint's own)")
+    v.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    v.add_argument("--encoder-path", help="DeSTA: a local Whisper folder instead of the config's encoder id")
+    v.add_argument("--llm-path", help="DeSTA: a local LM folder instead of the config's LM id")
+    v.add_argument("--transcript", help="DeSTA: the transcript to use instead of Whisper decoding")
+    v.set_defaults(func=cmd_verify)
+
+    g = sub.add_parser("demo-data", help="write held-out synthetic items for trace-dataset", formatter_class=Formatter)
+    g.add_argument("--out", required=True, help="folder for items.jsonl and the clips")
+    g.add_argument("-n", type=int, default=200, help="number of items")
+    g.add_argument("--seed", type=int, default=1234, help="seed of the synthesized items")
+    g.set_defaults(func=cmd_demo_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("lalm-lens: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line for the user; --debug for the traceback
+        if args.debug:
+            traceback.print_exc()
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        kind = "" if isinstance(err, CLIError) else f"{type(err).__name__}: "
+        print(f"lalm-lens: error: {kind}{message}" + ("" if args.debug else " (--debug for the traceback)"),
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The model families lalm-lens supports, in one explicit registry.
+
+    family_for("qwen2_audio")  # -> the Family value (see families/base.py)
+
+To add a family: a folder here exporting one `Family`, a key-table module in
+`weight_conversion/`, one line in `REGISTRY`, and its tests (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from lalm_lens.families.base import Family, Reference
+from lalm_lens.families.desta import DESTA2, DESTA25
+from lalm_lens.families.qwen2_audio import QWEN2_AUDIO
+from lalm_lens.families.qwen_audio import QWEN_AUDIO
+from lalm_lens.families.voxtral import VOXTRAL
+from weight_conversion.base import UnknownFamilyError
+
+REGISTRY: tuple[Family, ...] = (QWEN2_AUDIO, VOXTRAL, DESTA25, DESTA2, QWEN_AUDIO)
+
+
+def family_for(model_type: Optional[str]) -> Family:
+    """The family whose checkpoints have this `model_type` in config.json."""
+    for family in REGISTRY:
+        if model_type in family.model_types:
+            return family
+    known = sorted(t for f in REGISTRY for t in f.model_types)
+    raise UnknownFamilyError(f"unknown model family {model_type!r} in config.json; lalm-lens supports: {', '.join(known)}")
+
+
+__all__ = ["Family", "REGISTRY", "Reference", "family_for"]

@@ -1,1 +1,0 @@
-"""Reference implementations for families that are not in `transformers`, assembled from its parts."""

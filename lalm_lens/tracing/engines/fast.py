@@ -1,0 +1,337 @@
+"""The fast exact engine: re-run only what a patch can change.
+
+A patch at layer l and positions P (first position i0) cannot change any
+position < i0 (causal attention) nor anything below layer l. So a cell only
+needs positions >= i0 from its first patched layer up, attending to the
+corrupted run's keys/values for the prefix (`PrefixKV`, never copied per row
+when rows share it). Cells — of one item or of several — run as rows of one
+batch; each row joins at its own first layer from the corrupted residual
+stream there, and the batch stays under `max_batch_tokens` rows x suffix
+positions. Rows of different lengths are right-padded (causality hides the pad).
+
+The clean and corrupted runs are plain forwards of the model (every user hook
+fires as in a plain forward); the suffixes call the model's own pieces
+(`run_blocks`, `readout`, its rotary tables). Where the user has hooks on the
+blocks a suffix re-runs, the engine cannot honour them (they would see partial
+sequences) and says so: the trace falls back to the reference engine.
+Two exact savings: a cell whose leading patches restore a state the
+corruption never changed starts later (or is the corrupted run itself), and
+the last block runs at the answer position only (`answer_layer.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+from transformer_lens.utilities import get_act_name
+
+from lalm_lens.components.kv_cache import KVCache, PrefixKV
+from lalm_lens.components.masks import LMContext
+from lalm_lens.tracing.cells import Cell
+from lalm_lens.tracing.engines.answer_layer import SAFE_STATES, answer_only
+from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, restore_index, score_of
+
+DEFAULT_MAX_BATCH_TOKENS = 16384
+_HOOK_LEVEL = -7301  # context level of the engine's own hooks, so user hooks stay untouched
+AUDIO_SIDE = ("audio_encoder.", "audio_projector.", "hook_audio_embeds")
+
+
+@dataclass
+class ItemRuns:
+    """What one item's clean and corrupted runs leave for the suffixes (batch axes dropped where single)."""
+
+    clean: dict[str, Tensor]  # the traced state of the clean run per hook name, [T, ...]
+    resid_pre: list[Tensor]  # corrupted, per layer [n_runs, T - first, d_model]
+    keys: list[Tensor]  # corrupted, per layer [n_runs, T, n_kv_heads, d_head]
+    values: list[Tensor]
+    positions: Tensor  # rotary position ids [..., T] (one or three streams)
+    key_valid: Optional[Tensor]  # [T] attention mask of the item
+    first: int  # the first position any cell restores
+    unchanged: list[Tensor]  # per layer [T]: the state equal bitwise in the clean and every corrupted run
+    n_runs: int
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[1]
+
+
+@dataclass
+class Group:
+    """One cell of one item: `n_runs` rows that start at `layers[0]` and re-run positions >= i0."""
+
+    item: int
+    cell: int
+    layers: tuple[int, ...]
+    positions: tuple[int, ...]
+    heads: Optional[tuple[int, ...]]
+    i0: int
+    final: int  # the item's answer position
+
+
+def hooked_names(model) -> list[str]:
+    return [name for name, hp in model.hook_dict.items() if hp.has_hooks()]
+
+
+def _plain_run(model, inputs, names: set[str], extra_hooks=(), kv_cache=None):
+    """A plain forward (user hooks fire as usual) keeping the activations in `names`."""
+    with model.hooks(fwd_hooks=list(extra_hooks)):
+        return model.run_with_cache(inputs, kv_cache=kv_cache, names_filter=lambda name: name in names)
+
+
+@dataclass
+class FastEngine(Engine):
+    """Same numbers as the reference engine (float32 within 1e-5), a fraction of the FLOPs."""
+
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    name = "fast"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "max_batch_tokens": self.max_batch_tokens}
+
+    def unsupported(self, model, job: TraceJob) -> Optional[str]:
+        start = min(c.layers[0] for c in job.cells)
+        blocking = [n for n in hooked_names(model) if n.startswith("ln_final.") or (
+            n.startswith("blocks.") and int(n.split(".")[1]) >= start)]
+        if blocking:
+            shown = ", ".join(blocking[:3]) + (f" and {len(blocking) - 3} more" if len(blocking) > 3 else "")
+            return (f"hook(s) on {shown} would see partial sequences in the fast engine's suffix runs, "
+                    "so this trace uses the reference engine")
+        return None
+
+    # ------------------------------------------------------------ clean and corrupted runs
+    @torch.no_grad()
+    def baseline(self, model, job: TraceJob) -> Baseline:
+        L = model.cfg.n_layers
+        states = job.state_names(L)
+        resid = [get_act_name("resid_pre", layer) for layer in range(L)]
+        logits, clean_cache = _plain_run(model, job.clean, set(states) | {"hook_audio_embeds"})
+        clean_logits = logits[:, job.final]
+        corr = job.corrupted
+        kv = KVCache(L)
+        inputs, hooks = corr.batch(), corr.hooks()
+        audio = clean_cache.cache_dict.get("hook_audio_embeds")
+        if corr.noise is not None and audio is not None and not any(n.startswith(AUDIO_SIDE) for n in hooked_names(model)):
+            # the encoder's output is the clean one: encode once, add each noise sample (exact, no hooks to honour)
+            inputs = {k: v for k, v in inputs.items() if k not in ("input_features", "feature_attention_mask")}
+            inputs["audio_embeds"] = audio.repeat(corr.n_runs, 1) + corr.noise.reshape(-1, audio.shape[-1]).to(audio.dtype)
+            hooks = []
+        logits, corr_cache = _plain_run(model, inputs, set(states) | set(resid), hooks, kv)
+        corr_logits = logits[:, job.final]
+        first = min(min(c.positions) for c in job.cells)
+        clean_ids = job.clean["input_ids"]
+        positions = job.clean.get("position_ids")
+        if positions is None:
+            positions = model.rotary.positions(clean_ids.shape[1], 0, clean_ids, job.clean.get("attention_mask"),
+                                               model.device)
+        mask = job.clean.get("attention_mask")
+        runs = ItemRuns(
+            clean={name: clean_cache[name][0] for name in states},
+            resid_pre=[corr_cache[name][:, first:] for name in resid],
+            keys=kv.keys, values=kv.values,
+            positions=positions.to(model.device)[..., 0, :],
+            key_valid=None if mask is None else mask[0].bool().to(model.device),
+            first=first,
+            unchanged=[(corr_cache[name] == clean_cache[name]).flatten(2).all(-1).all(0) for name in states],
+            n_runs=corr.n_runs,
+        )
+        return Baseline(clean_logits[0], corr_logits, score_of(job, clean_logits), score_of(job, corr_logits), runs)
+
+    # ------------------------------------------------------------ patched runs
+    @torch.no_grad()
+    def patched(self, model, job: TraceJob, base: Baseline) -> Tensor:
+        return self.patched_many(model, [job], [base])[0]
+
+    @torch.no_grad()
+    def patched_many(self, model, jobs: list[TraceJob], bases: list[Baseline]) -> list[Tensor]:
+        outs = [torch.full((len(j.cells),), b.corrupted_score, dtype=torch.float64) for j, b in zip(jobs, bases)]
+        groups = []
+        for j, (job, base) in enumerate(zip(jobs, bases)):
+            for c, cell in enumerate(job.cells):
+                layers = effective_layers(cell.layers, cell.positions, base.state)
+                if layers:  # else the cell is the corrupted run itself
+                    groups.append(Group(j, c, layers, cell.positions, cell.heads, min(cell.positions), job.final))
+        # longest suffixes first, so a batch holds similar lengths; rows x positions under the budget
+        groups.sort(key=lambda g: (-(bases[g.item].state.length - g.i0), g.item, g.i0))
+        batch: list[Group] = []
+        for g in groups + [None]:
+            if g is not None:
+                width = bases[(batch or [g])[0].item].state.length - (batch or [g])[0].i0
+                rows = sum(bases[x.item].state.n_runs for x in batch + [g])
+                if not batch or rows * width <= self.max_batch_tokens:
+                    batch.append(g)
+                    continue
+            values = run_suffixes(model, jobs, [b.state for b in bases], batch)
+            for grp, value in zip(batch, values):
+                outs[grp.item][grp.cell] = value
+            batch = [g] if g is not None else []
+        return outs
+
+
+def effective_layers(layers: tuple[int, ...], positions: tuple[int, ...], runs: ItemRuns) -> tuple[int, ...]:
+    """A cell's layers without its leading no-op patches.
+
+    Up to a cell's first layer the patched run is the corrupted run, so where the
+    clean state equals the corrupted one there (always so for `resid_pre` at layer
+    0 on text tokens, and at every layer before the audio), restoring it changes
+    nothing and the cell effectively starts one layer later.
+    """
+    layers = list(layers)
+    while layers and bool(runs.unchanged[layers[0]][list(positions)].all()):
+        layers.pop(0)
+    return tuple(layers)
+
+
+def _pad_to(t: Tensor, n: int, dim: int) -> Tensor:
+    """Right-pad `t` with zeros along `dim` to length `n`."""
+    if t.shape[dim] == n:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n - t.shape[dim]
+    return torch.cat([t, t.new_zeros(shape)], dim=dim)
+
+
+class SuffixBatch:
+    """The rows of one batch of cells: who they are, and their masks, rotary tables and prefixes."""
+
+    def __init__(self, model, jobs, runs: list[ItemRuns], groups: list[Group]):
+        self.groups = sorted(groups, key=lambda g: g.layers[0])  # rows join in this order
+        dev = model.device
+        self.width = max(runs[g.item].length - g.i0 for g in groups)
+        self.prefix_len = max(g.i0 for g in groups)
+        row_groups = [g for g in self.groups for _ in range(runs[g.item].n_runs)]
+        self.run_of = torch.tensor([s for g in self.groups for s in range(runs[g.item].n_runs)], device=dev)
+        self.starts = [g.layers[0] for g in row_groups]
+        self.answer_at = torch.tensor([g.final - g.i0 for g in row_groups], device=dev)
+        # distinct prefixes (item, run, i0), and each row's
+        prefixes = list(dict.fromkeys((g.item, s, g.i0) for g in self.groups for s in range(runs[g.item].n_runs)))
+        self.prefixes = prefixes
+        index = {p: k for k, p in enumerate(prefixes)}
+        self.row_prefix = torch.tensor([index[(g.item, s, g.i0)] for g in self.groups
+                                        for s in range(runs[g.item].n_runs)], device=dev)
+        self.mask = self._mask(model, runs, row_groups)
+        positions = torch.stack([_pad_to(runs[g.item].positions[..., g.i0:], self.width, -1) for g in row_groups], -2)
+        self.rope = model.rotary.cos_sin(positions, runs[0].resid_pre[0].dtype)
+
+    def _mask(self, model, runs, row_groups) -> Tensor:
+        """`[rows, 1, suffix, prefix + suffix]`: a row sees its own prefix slots and, causally, its suffix."""
+        dev, P, S = model.device, self.prefix_len, self.width
+        q, slots = torch.arange(S, device=dev), torch.arange(P, device=dev)
+        per_group = {}
+        for g in self.groups:
+            item = runs[g.item]
+            valid = item.key_valid if item.key_valid is not None else torch.ones(item.length, dtype=torch.bool, device=dev)
+            q_abs, k_abs = g.i0 + q, torch.cat([slots, g.i0 + q])
+            k_ok = torch.cat([(slots < g.i0) & _pad_to(valid[: g.i0], P, 0), _pad_to(valid[g.i0:], S, 0)])
+            ok = (k_abs[None, :] <= q_abs[:, None]) & k_ok[None, :]
+            if model.cfg.sliding_window is not None:
+                ok &= (q_abs[:, None] - k_abs[None, :]) < model.cfg.sliding_window
+            per_group[id(g)] = ok
+        allowed = torch.stack([per_group[id(g)] for g in row_groups])
+        dtype = runs[0].resid_pre[0].dtype
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
+        return bias[:, None]
+
+    def prefix(self, runs: list[ItemRuns], n_rows: int) -> PrefixKV:
+        """Prefix keys/values (every layer) of the first `n_rows` rows."""
+        one = len({(i, i0) for i, _, i0 in self.prefixes}) == 1
+        if one:  # a single item and first position: the prefix is that item's own cache (a view)
+            item = self.prefixes[0][0]
+            keys = [k[:, : self.prefix_len] for k in runs[item].keys]
+            values = [v[:, : self.prefix_len] for v in runs[item].values]
+        else:
+            keys, values = [], []
+            for layer in range(len(runs[0].keys)):
+                keys.append(torch.stack([_pad_to(runs[i].keys[layer][s, :i0], self.prefix_len, 0) for i, s, i0 in self.prefixes]))
+                values.append(torch.stack([_pad_to(runs[i].values[layer][s, :i0], self.prefix_len, 0) for i, s, i0 in self.prefixes]))
+        return PrefixKV(keys, values, self.row_prefix[:n_rows])
+
+
+def _restore(runs: list[ItemRuns], batch: SuffixBatch, layer: int, name: str, n_rows: int, only_answer: bool = False):
+    """A hook writing the clean state back for the rows patched at `layer` (None: no row is)."""
+    rows, pos, heads, values = [], [], [], []
+    row = 0
+    for g in batch.groups:
+        item = runs[g.item]
+        if row >= n_rows:
+            break
+        if layer in g.layers:
+            p, h = restore_index(Cell(g.layers, g.positions, g.heads))
+            clean = item.clean[name]
+            vals = clean[p] if h is None else clean[p, h]
+            rel = p - g.i0
+            if only_answer:  # the last block runs at the answer position only: query index 0
+                keep = p == g.final
+                rel, vals, h = torch.zeros_like(rel[keep]), vals[keep.to(vals.device)], None if h is None else h[keep]
+            for s in range(item.n_runs):
+                rows.append(torch.full_like(rel, row + s))
+                pos.append(rel)
+                heads.append(h)
+                values.append(vals)
+        row += item.n_runs
+    if not rows or sum(r.numel() for r in rows) == 0:
+        return None
+    dev = runs[0].keys[0].device
+    r_idx, p_idx = torch.cat(rows).to(dev), torch.cat(pos).to(dev)
+    h_idx = None if heads[0] is None else torch.cat(heads).to(dev)
+    vals = torch.cat(values)
+
+    def hook(act: Tensor, hook) -> Tensor:
+        if h_idx is None:
+            act[r_idx, p_idx] = vals.to(act.dtype)
+        else:
+            act[r_idx, p_idx, h_idx] = vals.to(act.dtype)
+        return act
+
+    return hook
+
+
+def run_suffixes(model, jobs: list[TraceJob], runs: list[ItemRuns], groups: list[Group]) -> list[float]:
+    """The metric of each group's cell (mean over its rows), in the order of `groups`."""
+    batch = SuffixBatch(model, jobs, runs, groups)
+    states = jobs[0].states
+    L = model.cfg.n_layers
+    shortcut = states in SAFE_STATES
+    x: Optional[Tensor] = None
+    n_rows = 0
+    start = batch.starts[0]
+    for layer in range(start, L):
+        joining = [g for g in batch.groups if g.layers[0] == layer]
+        for g in joining:
+            item = runs[g.item]
+            new = _pad_to(item.resid_pre[layer][:, g.i0 - item.first:], batch.width, 1)
+            x = new if x is None else torch.cat([x, new])
+            n_rows += item.n_runs
+        name = get_act_name(states, layer)
+        last = shortcut and layer == L - 1
+        ctx = LMContext(batch.mask[:n_rows], tuple(t[:n_rows] for t in batch.rope))
+        prefix = batch.prefix(runs, n_rows)
+        if last and states == "resid_pre":
+            restore = _restore(runs, batch, layer, name, n_rows)
+            if restore is not None:  # before the keys of every position are projected
+                x = restore(x, None)
+            restore = None
+        else:
+            restore = _restore(runs, batch, layer, name, n_rows, only_answer=last)
+        hook_point = model.hook_dict[name] if restore is not None else None
+        if hook_point is not None:
+            hook_point.add_hook(restore, level=_HOOK_LEVEL)
+        try:
+            if last:
+                x = answer_only(model.blocks[layer], x, batch.answer_at[:n_rows], ctx, prefix)
+            else:
+                x = model.run_blocks(x, ctx, layer, layer + 1, prefix)
+        finally:
+            if hook_point is not None:
+                hook_point.remove_hooks("fwd", level=_HOOK_LEVEL)
+    final = x[:, 0] if shortcut else x[torch.arange(n_rows, device=x.device), batch.answer_at]
+    logits = model.readout(final[:, None])[:, 0]
+    out, row = [], 0
+    for g in batch.groups:
+        n = runs[g.item].n_runs
+        out.append(jobs[g.item].score(logits[row : row + n]).double().mean().item())
+        row += n
+    order = {id(g): v for g, v in zip(batch.groups, out)}
+    return [order[id(g)] for g in groups]
