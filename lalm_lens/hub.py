@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from weight_conversion.base import CheckpointError, checkpoint_shards, shard_names
 
-METADATA_PATTERNS = ["*.json", "*.jinja", "*.model", "*.tiktoken", "*.txt", "*.pth"]
+METADATA_PATTERNS = ["*.json", "*.jinja", "*.model", "*.tiktoken", "*.txt"]  # no weight files
 
 
 @dataclass(frozen=True)

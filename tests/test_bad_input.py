@@ -211,3 +211,64 @@ def test_transformers5_key_layout_loads(qwen2_audio_dir, qwen2_audio, tmp_path):
     model = HookedLALM.from_pretrained(folder, device="cpu")
     for name, p in qwen2_audio.named_parameters():
         assert torch.equal(p, model.get_parameter(name)), name
+
+
+@pytest.mark.parametrize("case, message", [
+    ("nan", r"model.safetensors holds NaN or infinite values in 'language_model.model.layers.0.mlp.up_proj.weight'"),
+    ("int", r"model.safetensors holds 'language_model.model.layers.0.mlp.up_proj.weight' as torch.int32"),
+])
+def test_bad_weight_values_are_named(qwen2_audio_dir, tmp_path, case, message):
+    from safetensors.torch import load_file, save_file
+
+    folder = copy_checkpoint(qwen2_audio_dir, tmp_path / "m")
+    weights = load_file(folder / "model.safetensors")
+    key = "language_model.model.layers.0.mlp.up_proj.weight"
+    if case == "nan":
+        weights[key][3, 5] = float("nan")
+    else:
+        weights[key] = torch.zeros(weights[key].shape, dtype=torch.int32)
+    save_file(weights, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=message):
+        HookedLALM.from_pretrained(folder, device="cpu")
+
+
+def test_unreadable_safetensors_and_config_name_the_file(qwen2_audio_dir, tmp_path):
+    folder = copy_checkpoint(qwen2_audio_dir, tmp_path / "m")
+    (folder / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match=r"model.safetensors is not a readable safetensors file"):
+        HookedLALM.from_pretrained(folder, device="cpu")
+    (folder / "config.json").write_text('{"model_type": "qwen2_au')
+    with pytest.raises(CheckpointError, match=r"config.json is not readable JSON"):
+        HookedLALM.from_pretrained(folder, device="cpu")
+
+
+def test_options_of_another_family_are_refused(qwen2_audio_dir):
+    with pytest.raises(TypeError, match="llm_path do\\(es\\) not apply to qwen2_audio"):
+        HookedLALM.from_pretrained(qwen2_audio_dir, device="cpu", llm_path="x")
+
+
+# ---------------------------------------------------------------- audio edge cases
+def test_a_clip_shorter_than_one_audio_token_says_the_minimum(qwen2_audio):
+    with pytest.raises(AudioError, match=r"lasts 10.0 ms; qwen2_audio needs at least 20.1 ms"):
+        qwen2_audio.prepare(clip(0.01), PROMPT, sampling_rate=16000)
+    assert len(qwen2_audio.prepare(clip(0.0201), PROMPT, sampling_rate=16000).audio_positions[0]) == 1
+
+
+def test_a_file_that_is_not_audio(qwen2_audio, tmp_path):
+    path = tmp_path / "notes.wav"
+    path.write_text("hello")
+    with pytest.raises(AudioError, match="notes.wav is not a readable audio file"):
+        qwen2_audio.prepare(str(path), PROMPT)
+
+
+@pytest.mark.parametrize("rate", [0, -16000])
+def test_a_sampling_rate_that_is_not_positive(rate):
+    with pytest.raises(AudioError, match="sampling_rate must be a positive"):
+        load_waveform(clip(0.5), rate, 16000)
+
+
+def test_int16_scale_floats_warn_and_bfloat16_is_read():
+    with pytest.warns(UserWarning, match="far outside \\[-1, 1\\]"):
+        load_waveform(clip(0.5) * 32767, 16000, 16000)
+    wave = torch.from_numpy(clip(0.5)).to(torch.bfloat16)
+    assert np.allclose(load_waveform(wave, 16000, 16000), wave.float().numpy())

@@ -89,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        kind = "" if isinstance(err, CLIError) else f"{type(err).__name__}: "
-        print(f"lalm-lens: error: {kind}{message}" + ("" if args.debug else " (--debug for the traceback)"),
-              file=sys.stderr)
+        usage = isinstance(err, CLIError)
+        kind = "" if usage else f"{type(err).__name__}: "
+        hint = "" if usage or args.debug else " (--debug for the traceback)"
+        print(f"lalm-lens: error: {kind}{message}{hint}", file=sys.stderr)
         return 2
 
 

@@ -149,11 +149,12 @@ def train(out: Path, steps: int = 1800, n_clips: int = 1500, batch_size: int = 3
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="lalm_lens/demo_model")
-    p.add_argument("--steps", type=int, default=1800)
-    p.add_argument("--clips", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="demo_model_retrained",
+                   help="where to save (default: a new folder; pass lalm_lens/demo_model to replace the bundled model)")
+    p.add_argument("--steps", type=int, default=1800, help="optimizer steps (default: 1800)")
+    p.add_argument("--clips", type=int, default=1500, help="synthesized training clips (default: 1500)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the initialisation (default: 0)")
     args = p.parse_args(argv)
     train(Path(args.out), steps=args.steps, n_clips=args.clips, batch_size=args.batch_size, seed=args.seed)
 

@@ -7,8 +7,12 @@ Policy (each case is tested):
 - several channels are downmixed to mono by averaging, with a warning (a 2-D
   array is read as `[channels, time]` when its first axis is the shorter, as
   torchaudio returns it, else as soundfile's `[time, channels]`);
-- empty audio, or audio with NaN/inf samples, raises `AudioError`.
-Length limits are the family's business (see `limit_duration`).
+- empty audio, audio with NaN/inf samples, a file that is not audio, or a
+  sampling rate <= 0 raises `AudioError`;
+- float samples far outside [-1, 1] (int16 values stored as floats) warn;
+- bfloat16/float16 tensors are read as float32.
+Length limits are the family's business (see `limit_duration`, and the
+shortest clip a family accepts in `PromptBuilder.load_audio`).
 """
 
 from __future__ import annotations
@@ -30,18 +34,26 @@ class AudioError(ValueError):
 
 def load_waveform(audio: AudioLike, sampling_rate: int | None, target_rate: int) -> np.ndarray:
     """Return a mono float32 waveform at `target_rate`."""
+    if sampling_rate is not None and (isinstance(sampling_rate, bool) or not sampling_rate > 0):
+        raise AudioError(f"sampling_rate must be a positive number of samples per second, got {sampling_rate!r}")
     if isinstance(audio, (str, os.PathLike)):
         import soundfile
 
         path = Path(audio)
         if not path.is_file():
             raise AudioError(f"audio file not found: {path}")
-        data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        try:
+            data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        except Exception as err:  # libsndfile: unknown format, truncated header, ...
+            raise AudioError(f"{path} is not a readable audio file ({str(err).splitlines()[0]})") from None
         if sampling_rate is not None and sampling_rate != file_rate:
             warnings.warn(f"{path.name} is recorded at {file_rate} Hz; ignoring sampling_rate={sampling_rate}")
         wave, rate = data.T, file_rate  # [channels, time]
     else:
-        wave = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+        if isinstance(audio, torch.Tensor):
+            wave = (audio.detach().float() if audio.is_floating_point() else audio.detach()).cpu().numpy()
+        else:
+            wave = np.asarray(audio)
         if sampling_rate is None:
             warnings.warn(
                 f"no sampling_rate given with the audio array; assuming the model's {target_rate} Hz "
@@ -55,6 +67,10 @@ def load_waveform(audio: AudioLike, sampling_rate: int | None, target_rate: int)
     if not np.isfinite(wave).all():
         bad = int((~np.isfinite(wave)).sum())
         raise AudioError(f"the audio holds {bad} NaN or infinite sample(s)")
+    peak = float(np.abs(wave).max())
+    if peak > 2.0:
+        warnings.warn(f"the audio's peak is {peak:.4g}, far outside [-1, 1]: float samples are expected in [-1, 1] "
+                      "(int16 values stored as floats? divide by 32768)")
     if rate != target_rate:
         import torchaudio.functional as AF
 

@@ -1,0 +1,96 @@
+"""The CLI fails fast and briefly: inputs checked before the model loads, one-line errors, documented flags."""
+
+import argparse
+import json
+
+import pytest
+import soundfile
+
+from lalm_lens import HookedLALM
+from lalm_lens.cli import build_parser, main
+from tests.tiny_models import clip
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails if the command loads a model: these errors must come first."""
+    monkeypatch.setattr(HookedLALM, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("loaded the model")))
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_missing_and_non_audio_files_before_loading(tmp_path, capsys, no_model):
+    base = ["trace", "--model", str(tmp_path), "--prompt", "p", "--answer", "a", "--out", str(tmp_path / "o")]
+    assert main(base + ["--audio", str(tmp_path / "nope.wav")]) == 2
+    assert error_line(capsys) == f"lalm-lens: error: --audio {tmp_path / 'nope.wav'}: no such file"
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio")
+    assert main(base + ["--audio", str(text)]) == 2
+    assert "not a readable audio file" in error_line(capsys)
+
+
+def test_unwritable_out_before_loading(tmp_path, capsys, no_model):
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, clip(1.0), 16000)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = ["trace", "--model", str(tmp_path), "--audio", str(wav), "--prompt", "p", "--answer", "a"]
+    assert main(args + ["--out", str(blocker / "sub")]) == 2
+    line = error_line(capsys)
+    assert "--out" in line and "cannot write there" in line
+    assert main(["trace-dataset", "--items", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such file" in error_line(capsys)
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    assert main(["verify", str(tmp_path / "absent")]) == 2
+    line = error_line(capsys)
+    assert line.startswith("lalm-lens: error: CheckpointError:") and "(--debug for the traceback)" in line
+    assert main(["--debug", "verify", str(tmp_path / "absent")]) == 2
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_hub_failure_says_what_to_do(capsys):
+    assert main(["verify", "no-such-owner/no-such-model"]) == 2
+    line = error_line(capsys)
+    assert "could not download 'no-such-owner/no-such-model'" in line and "pass a local folder or check the network" in line
+
+
+def test_every_flag_has_help_and_shows_its_default():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings[0]} has no help"
+            if action.default not in (None, False):
+                assert "default" in action.help or f"(default: {action.default})" in text, (name, action.dest)
+
+
+def test_ill_posed_traces_exit_non_zero_unless_allowed(tmp_path, capsys):
+    args = ["trace", "--corruption", "noise", "--mode", "layers", "--device", "cpu"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 1
+    captured = capsys.readouterr()
+    assert "WARNING ill-posed" in captured.out and "--allow-ill-posed" in captured.err
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["traces"]["layers"]["ill_posed"] is True and isinstance(summary["traces"]["layers"]["clean"], float)
+    assert main(args + ["--out", str(tmp_path / "b"), "--allow-ill-posed"]) == 0
+
+
+def test_training_script_does_not_overwrite_the_bundled_model_by_default():
+    from lalm_lens.demo import train
+
+    parser_defaults = {}
+    original = train.train
+    try:
+        train.train = lambda out, **kw: parser_defaults.setdefault("out", out)
+        train.main([])
+    finally:
+        train.train = original
+    assert parser_defaults["out"].name == "demo_model_retrained"
