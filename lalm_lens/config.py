@@ -32,6 +32,9 @@ class BlockConfig(TransformerLensConfig):
     rope_scaling: Optional[dict] = None
     sliding_window: Optional[int] = None
     tie_word_embeddings: bool = False
+    # Multimodal RoPE (Qwen2.5-Omni): rotary frequencies drawn from three position streams
+    # (time, height, width) in sections of these sizes (sum = d_head / 2); None: 1-D RoPE.
+    mrope_section: Optional[list[int]] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -26,7 +26,9 @@ from lalm_lens.components.block import TransformerBlock, make_norm
 from lalm_lens.components.embed import Embed
 from lalm_lens.components.kv_cache import KVCache
 from lalm_lens.components.masks import LMContext, attention_bias
-from lalm_lens.components.projectors import LinearProjector, MLPProjector, StackProjector, TaggedProjector
+from lalm_lens.components.multimodal_rotary import MultimodalRotary
+from lalm_lens.components.projectors import (IdentityProjector, LinearProjector, MLPProjector, StackProjector,
+                                            TaggedProjector)
 from lalm_lens.components.qformer import QFormerProjector
 from lalm_lens.components.rotary import Rotary
 from lalm_lens.components.unembed import TiedUnembed, Unembed
@@ -34,7 +36,7 @@ from lalm_lens.config import LALMConfig
 from lalm_lens.inputs.prepared import PreparedInput
 
 PROJECTORS = {"linear": LinearProjector, "stack": StackProjector, "mlp": MLPProjector, "qformer": QFormerProjector,
-              "tagged": TaggedProjector}
+              "tagged": TaggedProjector, "identity": IdentityProjector}
 MODEL_INPUTS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask", "position_ids", "audio_embeds")
 INPUT_ALIASES = {"input_features_mask": "feature_attention_mask"}  # Audio Flamingo 3's processor
 IGNORED_INPUTS = ("num_audio_tokens", "token_type_ids")
@@ -57,7 +59,8 @@ class HookedLALM(HookedRootModule):
         self.embed = Embed(cfg)
         self.hook_audio_embeds = HookPoint()  # [n_audio_tokens, d_model]
         self.hook_embed = HookPoint()  # [batch, pos, d_model]: token + audio embeddings
-        self.rotary = Rotary(cfg.d_head, cfg.rotary_base, cfg.rope_scaling)
+        self.rotary = (MultimodalRotary(cfg.d_head, cfg.rotary_base, cfg.mrope_section, cfg.rope_scaling)
+                       if cfg.mrope_section else Rotary(cfg.d_head, cfg.rotary_base, cfg.rope_scaling))
         self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
         self.ln_final = make_norm(cfg)
         self.unembed = TiedUnembed(cfg, self.embed) if cfg.tie_word_embeddings else Unembed(cfg)

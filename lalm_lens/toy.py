@@ -149,3 +149,32 @@ def voxtral_processor(folder, merges: Iterable[bytes] = (b" t", b"he", b" the", 
     WhisperFeatureExtractor(feature_size=128).save_pretrained(folder)
     (folder / "processor_config.json").write_text(json.dumps({"processor_class": "VoxtralProcessor"}))
     return AutoProcessor.from_pretrained(folder)
+
+
+# ---------------------------------------------------------------- Audio Flamingo 3
+AF3_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<sound>")
+
+# The chat template `convert_audioflamingo3_to_hf.py` writes: one `<sound>` before all the text of a
+# turn that holds audio (whatever the order of the parts), and a default system turn.
+AF3_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% for m in messages if m['content'] is not none %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% set audio = namespace(found=False) %}{% set text_buf = namespace(v='') %}"
+    "{% for c in m['content'] %}{% if c.get('type') == 'audio' or 'audio' in c %}{% set audio.found = True %}"
+    "{% elif c.get('type') == 'text' or 'text' in c %}{% set text_buf.v = text_buf.v + c['text'] %}{% endif %}"
+    "{% endfor %}{% if audio.found %}{{ '<sound>' }}{% endif %}{{ text_buf.v }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def audio_flamingo3_processor(words: Iterable[str], vocab_size: int, audio_token_id: int):
+    """An `AudioFlamingo3Processor` with a word-level tokenizer; `<sound>` gets `audio_token_id`."""
+    from transformers import AudioFlamingo3Processor, WhisperFeatureExtractor
+
+    tokenizer = word_tokenizer(list(TEMPLATE_WORDS) + list(words), AF3_SPECIALS, vocab_size,
+                               {"<sound>": audio_token_id})
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.eos_token = "<|im_end|>"
+    features = WhisperFeatureExtractor(feature_size=128, return_attention_mask=True)
+    return AudioFlamingo3Processor(features, tokenizer, chat_template=AF3_CHAT_TEMPLATE)

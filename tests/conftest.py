@@ -88,3 +88,33 @@ def qwen_audio(qwen_audio_dir):
     from lalm_lens import HookedLALM
 
     return HookedLALM.from_pretrained(qwen_audio_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def audio_flamingo3_dir(tmp_path_factory):
+    """Tiny Audio Flamingo 3 (Qwen2 LM, two-layer GELU projector) with its processor."""
+    from tests.tiny_af3 import save_af3
+
+    return save_af3(tmp_path_factory.mktemp("audio_flamingo3"))
+
+
+@pytest.fixture(scope="session")
+def audio_flamingo3(audio_flamingo3_dir):
+    from lalm_lens import HookedLALM
+
+    return HookedLALM.from_pretrained(audio_flamingo3_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def qwen2_5_omni_dir(tmp_path_factory):
+    """Tiny Qwen2.5-Omni thinker (chunked encoder, 1 s chunks; multimodal RoPE) with its processor."""
+    from tests.tiny_omni import save_omni_thinker
+
+    return save_omni_thinker(tmp_path_factory.mktemp("omni_thinker"))
+
+
+@pytest.fixture(scope="session")
+def qwen2_5_omni(qwen2_5_omni_dir):
+    from lalm_lens import HookedLALM
+
+    return HookedLALM.from_pretrained(qwen2_5_omni_dir, device="cpu")

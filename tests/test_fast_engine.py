@@ -12,7 +12,7 @@ from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip
 STATES = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
 CORRUPTIONS = {"silence": Silence(), "noise": GaussianNoise(n_samples=2, seed=3), "snr": WhiteNoise(snr_db=3.0, seed=3),
                "swap": Swap(clip(2.0, seed=32), sampling_rate=16000)}
-FAMILIES = ["qwen2_audio", "voxtral", "desta", "qwen_audio"]
+FAMILIES = ["qwen2_audio", "voxtral", "desta", "qwen_audio", "audio_flamingo3", "qwen2_5_omni"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -257,8 +257,8 @@ def test_trace_dataset_filters_records_failures_and_resumes(qwen2_audio, tmp_pat
     import lalm_lens.tracing.dataset as ds
 
     traced = []
-    original = ds.trace_item
-    monkeypatch.setattr(ds, "trace_item", lambda m, spec, item, f: traced.append(item.id) or original(m, spec, item, f))
+    original = ds.start_item
+    monkeypatch.setattr(ds, "start_item", lambda m, spec, item, f: traced.append(item.id) or original(m, spec, item, f))
     again = trace_dataset(qwen2_audio, items, out=out, mode="tokens", filter=None, progress=False)
     assert traced == ["missing"]  # finished items are reused; the failed one is retried
     assert again.records == result.records

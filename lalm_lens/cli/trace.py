@@ -37,6 +37,8 @@ def add_parsers(sub, formatter) -> None:
                    help="keep items that fail a check (clean top-1 not the answer, corrupted top-1 still it, "
                         "effect below --min-effect); they are flagged")
     d.add_argument("--overwrite", action="store_true", help="start over instead of resuming records.jsonl in --out")
+    d.add_argument("--batch-items", default="1",
+                   help="items whose cells run in one engine call ('auto': as many as fill the engine's batch budget)")
     add_trace_args(d, default_mode="layers")
     d.set_defaults(func=cmd_trace_dataset)
 
@@ -94,10 +96,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_trace_dataset(args: argparse.Namespace) -> int:
     import warnings
 
-    from lalm_lens.tracing import plots, trace_dataset
+    from lalm_lens.tracing import distributed, plots, trace_dataset
     from lalm_lens.tracing.dataset import as_items
 
     settings = trace_settings(args)
+    if args.batch_items != "auto" and not (args.batch_items.isdigit() and int(args.batch_items) >= 1):
+        raise CLIError(f"--batch-items must be a positive integer or 'auto', got {args.batch_items!r}")
     if not Path(args.items).is_file():
         raise CLIError(f"--items {args.items}: no such file")
     items = as_items(args.items)[: args.limit]
@@ -110,9 +114,15 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
     if args.swap_audio:
         check_audio_file(args.swap_audio, "--swap-audio")
     out = check_writable(args.out)
+    dist = distributed.from_env()
+    if args.device is None:
+        args.device = distributed.default_device(dist)  # under torchrun: this rank's own GPU
     model = load_model(args)
+    batch = "auto" if args.batch_items == "auto" else int(args.batch_items)
     result = trace_dataset(model, items, out=out / "records.jsonl", mode=args.mode, overwrite=args.overwrite,
-                           filter=None if args.no_filter else "checks", **settings)
+                           filter=None if args.no_filter else "checks", batch_items=batch, **settings)
+    if not dist.main:
+        return 0  # rank 0 merged the records and writes the summary
     result.save(out / "summary.json")
     figure = out / f"recovery_{args.mode}.png"
     if result.kept:

@@ -104,6 +104,10 @@ class AudioEncoder(nn.Module):
         x = self.hook_conv1(rearrange(F.gelu(self.conv1(features)), "b d t -> b t d"))
         return self.hook_conv2(rearrange(F.gelu(self.conv2(rearrange(x, "b t d -> b d t"))), "b d t -> b t d"))
 
+    def embed_frames(self, layout: FrameLayout) -> Float[Tensor, "batch pos d_model"]:
+        """The conv stem over the frames (a variant may cut them into chunks first)."""
+        return self.stem(layout.features)
+
     def add_positions(self, x: Tensor) -> Tensor:
         batch, n_pos, _ = x.shape
         if n_pos > self.W_pos.shape[0]:
@@ -127,7 +131,7 @@ class AudioEncoder(nn.Module):
         if self.cfg.n_frames is not None and frames != self.cfg.n_frames:
             raise ValueError(f"the encoder takes {self.cfg.n_frames} mel frames (the processor pads to them), got {frames}")
         layout = self.frame_layout(features, frame_mask)
-        x = self.hook_embed(self.add_positions(self.stem(layout.features)))
+        x = self.hook_embed(self.add_positions(self.embed_frames(layout)))
         mask = self.attention_mask(x, layout)
         layers = {}
         for i, block in enumerate(self.blocks):
@@ -172,6 +176,10 @@ ENCODERS: dict[str, type[AudioEncoder]] = {
 
 
 def build_encoder(cfg: EncoderConfig) -> AudioEncoder:
+    if cfg.kind == "chunked":  # Qwen2.5-Omni; imported here, as it subclasses AudioEncoder
+        from lalm_lens.components.chunked_audio_encoder import ChunkedAudioEncoder
+
+        return ChunkedAudioEncoder(cfg)
     if cfg.kind not in ENCODERS:
         raise ValueError(f"unknown encoder kind {cfg.kind!r}; known: {sorted(ENCODERS)}")
     return ENCODERS[cfg.kind](cfg)

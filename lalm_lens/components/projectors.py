@@ -85,3 +85,17 @@ class TaggedProjector(LinearProjector):
         for i, n in enumerate(lengths.tolist()):
             out[i, 0], out[i, 1 : n + 1], out[i, n + 1] = self.W_tags[0], x[i, :n], self.W_tags[1]
         return self.hook_tagged(out), lengths + 2
+
+
+class IdentityProjector(nn.Module):
+    """No adapter: the encoder already ends at the LM width (Qwen2.5-Omni's `proj` is part of its encoder)."""
+
+    def __init__(self, cfg: ProjectorConfig, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if cfg.d_in != cfg.d_out:
+            raise ValueError(f"an identity projector needs d_in == d_out, got {cfg.d_in} and {cfg.d_out}")
+        self.hook_in = HookPoint()  # [batch, pos, d_in]
+        self.hook_out = HookPoint()  # [batch, pos, d_out], the same vectors
+
+    def forward(self, enc: EncoderOutput) -> tuple[Float[Tensor, "batch pos d_out"], Tensor]:
+        return self.hook_out(self.hook_in(enc.hidden)), enc.lengths

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Optional, Union
 import numpy as np
 
 from lalm_lens.tracing.checks import run_checks
-from lalm_lens.tracing.records import RecordsWriter
+from lalm_lens.tracing.records import RecordsWriter, merge, rank_file, rank_files, read_all
 from lalm_lens.tracing.results import describe_curve, first_reaching
 from lalm_lens.tracing.trace import TraceSpec, make_result, pick_engine, prepare_job, refuse_moved
 
@@ -165,6 +165,37 @@ class DatasetResult:
                 text.append(f"{g}: {describe_curve(mean, layers)} (95% CI {lo[best]:.2f} to {hi[best]:.2f})")
         return "\n".join(text)
 
+    def mean_token_trace(self):
+        """Tokens mode: the heatmap of mean RR over the kept items that share the most common prompt
+        (their text positions align); None when there is none. The audio span is one row."""
+        from collections import Counter
+
+        import torch
+
+        from lalm_lens.tracing.results import TokenTrace
+
+        if self.mode != "tokens" or not self.kept:
+            return None
+        labels, _ = Counter(tuple(r["token_labels"]) for r in self.kept).most_common(1)[0]
+        rows = [r for r in self.kept if tuple(r["token_labels"]) == labels]
+        first = rows[0]
+        positions = first["positions"]
+        groups = dict(zip(positions, first["groups"]))
+        spans = [r["audio_span"] for r in rows if r.get("audio_span")]
+        if spans:
+            groups.update({p: "audio" for p in range(spans[0][0], spans[0][1] + 1) if p not in groups})
+        sizes = sorted({b - a + 1 for a, b in spans})
+        str_tokens = [""] * (max(positions) + 1)
+        for p, token in zip(positions, labels):
+            str_tokens[p] = token
+        settings = dict(self.settings, audio_label=(f"[{sizes[0]}–{sizes[-1]} audio tokens]" if len(sizes) > 1 else
+                                                    f"[{sizes[0]} audio tokens]") if sizes else None)
+        return TokenTrace(clean=1.0, corrupted=0.0, patched=torch.tensor(np.nanmean([r["recovery"] for r in rows], 0)),
+                          layers=self.layers, positions=positions, token_labels=list(labels), groups=groups,
+                          states=self.settings.get("states", ""), answer=f"mean over {len(rows)} items", answer_token=-1,
+                          metric={"name": "mean_rr", "describe": f"mean RR over {len(rows)} items"},
+                          settings=settings, str_tokens=str_tokens)
+
     def title(self) -> str:
         s = self.settings
         state = s.get("states", "")
@@ -212,30 +243,94 @@ def item_record(item: Item) -> dict[str, Any]:
     return dict(id=item.id, audio=str(item.audio), answer=item.answer, **item.meta)
 
 
-def trace_item(model, spec: TraceSpec, item: Item, filter: Optional[str]) -> dict:
-    """One item's record (checks run first; a dropped item runs no cells)."""
-    record = item_record(item)
-    inp = model.prepare(item.audio, item.question, answer_prefix=item.answer_prefix, options=item.options)
-    job, info = prepare_job(model, spec, inp, item.answer)
-    engine = pick_engine(model, spec, job)
-    base = engine.baseline(model, job)
-    checks = run_checks(model, base.clean_logits, base.corrupted_logits, job.answer, base.clean_score,
+@dataclass
+class Pending:
+    """An item between its baseline (clean and corrupted runs, checks) and its cells."""
+
+    item: Item
+    record: dict
+    inp: Any = None
+    job: Any = None
+    info: Any = None
+    engine: Any = None
+    base: Any = None
+
+
+def start_item(model, spec: TraceSpec, item: Item, filter: Optional[str]) -> Pending:
+    """Prepare one item and run its baseline and checks; the record says whether its cells run."""
+    pending = Pending(item, item_record(item))
+    record = pending.record
+    try:
+        pending.inp = model.prepare(item.audio, item.question, answer_prefix=item.answer_prefix, options=item.options)
+        pending.job, pending.info = prepare_job(model, spec, pending.inp, item.answer)
+        pending.engine = pick_engine(model, spec, pending.job)
+        base = pending.base = pending.engine.baseline(model, pending.job)
+    except Exception as err:  # recorded, and the run goes on
+        record.update(status="error", error=f"{type(err).__name__}: {err}")
+        return pending
+    checks = run_checks(model, base.clean_logits, base.corrupted_logits, pending.job.answer, base.clean_score,
                         base.corrupted_score, spec.min_effect)
-    record.update(answer_token=job.answer, clean=base.clean_score, corrupted=base.corrupted_score,
+    T = pending.job.clean["input_ids"].shape[1]
+    audio = pending.inp.audio_positions[0].tolist()
+    if audio:
+        record["audio_span"] = [audio[0], audio[-1]]
+    work = sum(base.corrupted_logits.shape[0] * (T - min(c.positions)) for c in pending.job.cells)
+    record.update(n_tokens=T, work=work, answer_token=pending.job.answer, clean=base.clean_score,
+                  corrupted=base.corrupted_score,
                   clean_top=int(base.clean_logits.argmax()),
                   corrupted_top=int(base.corrupted_logits.float().softmax(-1).mean(0).argmax()),
                   checks=checks.to_json())
     if filter and not checks.ok:
         record["status"] = DROPPED[checks.failed[0].name]
-        return record
-    result = make_result(model, spec, inp, job, info, base, engine.patched(model, job, base), engine)
-    record.update(status="ok", ill_posed=result.ill_posed, patched=result.patched.tolist(),
-                  recovery=result.recovery.tolist(), positions=result.positions,
-                  groups=[result.groups[p] for p in result.positions])
+    return pending
+
+
+def finish_item(model, spec: TraceSpec, p: Pending, patched) -> dict:
+    """The record of an item whose cells ran."""
+    result = make_result(model, spec, p.inp, p.job, p.info, p.base, patched, p.engine)
+    p.record.update(status="ok", ill_posed=result.ill_posed, patched=result.patched.tolist(),
+                    recovery=result.recovery.tolist(), positions=result.positions,
+                    groups=[result.groups[q] for q in result.positions])
     if spec.mode == "tokens":
-        record["group_recovery"] = {g: v.tolist() for g, v in result.group_recovery().items()}
-        record["token_labels"] = result.token_labels
-    return record
+        p.record["group_recovery"] = {g: v.tolist() for g, v in result.group_recovery().items()}
+        p.record["token_labels"] = result.token_labels
+    return p.record
+
+
+def trace_items(model, spec: TraceSpec, items: list[Item], filter: Optional[str]) -> list[dict]:
+    """Records of several items; the cells of the well-posed ones run together (`Engine.patched_many`)."""
+    pending = [start_item(model, spec, item, filter) for item in items]
+    ready = [p for p in pending if "status" not in p.record]
+    engines = {id(p.engine): p.engine for p in ready}  # normally one; the reference where hooks forced it
+    for engine in engines.values():
+        mine = [p for p in ready if p.engine is engine]
+        try:
+            values = engine.patched_many(model, [p.job for p in mine], [p.base for p in mine])
+        except Exception as err:
+            for p in mine:
+                p.record.update(status="error", error=f"{type(err).__name__}: {err}")
+            continue
+        for p, patched in zip(mine, values):
+            finish_item(model, spec, p, patched)
+    return [p.record for p in pending]
+
+
+def trace_item(model, spec: TraceSpec, item: Item, filter: Optional[str]) -> dict:
+    """One item's record (checks run first; a dropped item runs no cells)."""
+    return trace_items(model, spec, [item], filter)[0]
+
+
+def items_per_call(spec: TraceSpec, batch_items, work: Optional[int] = None) -> Optional[int]:
+    """`batch_items`; with "auto", as many items as fill the fast engine's `max_batch_tokens` given one
+    item's suffix `work` (rows x positions; None until the first item has run)."""
+    if batch_items == "auto":
+        budget = getattr(spec.engine, "max_batch_tokens", None)
+        if budget is None:
+            return 1
+        return None if work is None else max(1, min(64, budget // max(work, 1)))
+    if isinstance(batch_items, bool) or not isinstance(batch_items, int) or batch_items < 1:
+        raise ValueError(f"batch_items must be an integer >= 1 or 'auto', got {batch_items!r}")
+    return batch_items
 
 
 def trace_dataset(
@@ -253,40 +348,71 @@ def trace_dataset(
     engine="fast",
     min_effect: Optional[float] = None,
     filter: Optional[str] = "checks",
+    batch_items: Union[int, str] = 1,
     overwrite: bool = False,
     progress: bool = True,
     limit: Optional[int] = None,
     **moved,
 ) -> DatasetResult:
-    """Trace every item (`filter="checks"` drops ill-posed items as the paper does; None keeps all)."""
+    """Trace every item (`filter="checks"` drops ill-posed items as the paper does; None keeps all).
+
+    `batch_items`: items whose cells run in one engine call ("auto": as many as fill the
+    fast engine's `max_batch_tokens`). Under `torchrun` each rank traces every N-th item
+    into its own records file and rank 0 merges them into `out` at the end.
+    """
     from tqdm.auto import tqdm
+
+    from lalm_lens.tracing import distributed
 
     refuse_moved(moved)
     if filter not in (None, "checks", "top1"):
         raise ValueError(f"filter must be 'checks' (drop ill-posed items) or None, got {filter!r}")
     spec = TraceSpec(model, mode=mode, states=states, layers=layers, positions=positions, window=window,
                      corruption=corruption, metric=metric, engine=engine, min_effect=min_effect)
+    items_per_call(spec, batch_items)  # checks the argument
     items = as_items(items)[:limit]
     settings = dict(spec.settings(), model=getattr(model, "name_or_path", None), dtype=str(model.cfg.dtype),
                     filter=None if filter is None else "checks")
-    records: dict[str, dict] = {}
+    dist = distributed.setup(model.device)
+    out = None if out is None else Path(out)
+    if out is not None and overwrite and dist.main:
+        for path in [out] + rank_files(out):
+            path.unlink(missing_ok=True)
+    dist.barrier()
+    done = read_all(out, settings) if out is not None else {}
+    dist.barrier()  # everyone has read what was done before anyone writes
+    todo = [i for i in dist.share(items) if i.id not in done or done[i.id]["status"] == "error"]
+    records: dict[str, dict] = dict(done)
 
     def run(write) -> None:
-        for item in tqdm(items, desc="tracing", disable=not progress):
-            if item.id in records and records[item.id]["status"] != "error":
-                continue
-            try:
-                record = trace_item(model, spec, item, filter)
-            except Exception as err:  # recorded, and the run goes on
-                record = dict(item_record(item), status="error", error=f"{type(err).__name__}: {err}")
-            records[item.id] = record
-            write(record)
+        outer = hasattr(progress, "update")  # a bar of the caller's (a study's), advanced here
+        bar = progress if outer else tqdm(total=len(todo), desc=f"tracing (rank {dist.rank})" if dist.active
+                                          else "tracing", disable=not progress or not dist.main)
+        if outer and len(items) > len(todo):
+            bar.update(len(dist.share(items)) - len(todo))  # resumed items count as done
+        k, start = items_per_call(spec, batch_items), 0
+        while start < len(todo):
+            chunk = todo[start : start + (k or 1)]
+            for record in trace_items(model, spec, chunk, filter):
+                records[record["id"]] = record
+                write(record)
+                if k is None and record.get("work"):  # "auto": sized from the first item that ran
+                    k = items_per_call(spec, batch_items, record["work"])
+            start += len(chunk)
+            bar.update(len(chunk))
+        if not outer:
+            bar.close()
 
     if out is None:
         run(lambda record: None)
     else:
-        with RecordsWriter(Path(out), settings, overwrite) as writer:
-            records.update({r["id"]: r for r in writer.records})
+        target = rank_file(out, dist.rank) if dist.active else out
+        with RecordsWriter(target, settings, overwrite=False) as writer:
             run(writer.write)
+        dist.barrier()
+        if dist.main and (dist.active or rank_files(out)):
+            merge(out, settings)
+        dist.barrier()
+        records = read_all(out, settings)
     wanted = [records[i.id] for i in items if i.id in records]
     return DatasetResult(records=wanted, mode=spec.mode, layers=spec.layers, settings=settings)

@@ -45,6 +45,8 @@ def value_label(result, value: str) -> str:
 
 def audio_label(result, n_audio: int) -> str:
     """`[375 audio tokens, 0–15.0 s]` (the time range when the input has one)."""
+    if result.settings.get("audio_label"):
+        return result.settings["audio_label"]
     span = result.settings.get("duration")
     return f"[{n_audio} audio tokens" + (f", 0–{span:.1f} s]" if span else "]")
 
@@ -77,8 +79,7 @@ def plot_heatmap(result, ax=None, value: str = "recovery", title: Optional[str] 
     vmax = max(1.0, float(finite.max())) if value == "recovery" and finite.size else None
     import matplotlib
 
-    colormap = matplotlib.colormaps[cmap].copy()
-    colormap.set_bad("#e8e8e8")
+    colormap = matplotlib.colormaps[cmap].with_extremes(bad="#e8e8e8")
     image = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap=colormap,
                       vmin=0.0 if value == "recovery" else None, vmax=vmax, interpolation="nearest")
     ax.set_xticks(range(len(result.layers)))

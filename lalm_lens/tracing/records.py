@@ -41,8 +41,9 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def read_records(path: Path) -> tuple[Optional[dict], list[dict]]:
-    """The header and the records of a file; a torn last line is dropped (and cut from the file)."""
+def read_records(path: Path, repair: bool = True) -> tuple[Optional[dict], list[dict]]:
+    """The header and the records of a file; a torn last line is dropped (and, with `repair`, cut from
+    the file: only its writer may do that)."""
     path = Path(path)
     if not path.exists():
         return None, []
@@ -60,10 +61,11 @@ def read_records(path: Path) -> tuple[Optional[dict], list[dict]]:
                 raise ValueError("no line end")
         except ValueError:
             if last or all(not rest.strip() for rest in lines[n + 1:]):
-                warnings.warn(f"{path.name}: the last line is incomplete (the run was interrupted while writing); "
-                              "it is dropped and its item will be traced again")
-                with open(path, "r+b") as f:
-                    f.truncate(good_bytes)
+                if repair:
+                    warnings.warn(f"{path.name}: the last line is incomplete (the run was interrupted while "
+                                  "writing); it is dropped and its item will be traced again")
+                    with open(path, "r+b") as f:
+                        f.truncate(good_bytes)
                 break
             raise ValueError(f"{path} line {n + 1} is not valid JSON; the records file is damaged") from None
         good_bytes += len(line) + 1
@@ -94,6 +96,45 @@ def check_header(path: Path, header: Optional[dict], settings: dict, has_records
     if diff:
         raise SettingsMismatch(f"{path} was written with other settings ({'; '.join(diff)}): its records cannot "
                                "be reused. Use a new --out (out=), or --overwrite (overwrite=True) to start over")
+
+
+def rank_file(out: Path, rank: int) -> Path:
+    """Where rank `rank` of a torchrun writes: `records.rank3.jsonl` beside `records.jsonl`."""
+    return out.with_name(f"{out.stem}.rank{rank}{out.suffix}")
+
+
+def rank_files(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f"{out.stem}.rank*{out.suffix}"))
+
+
+def read_all(out: Path, settings: dict) -> dict[str, dict]:
+    """Every record of a run so far — the merged file and any rank's — by id, settings checked.
+    A later success replaces an earlier error (a retried item)."""
+    done: dict[str, dict] = {}
+    for path in [out] + rank_files(out):
+        header, records = read_records(path, repair=False)
+        check_header(path, header, settings, bool(records))
+        for record in records:
+            if record["id"] not in done or done[record["id"]]["status"] == "error":
+                done[record["id"]] = record
+    return done
+
+
+def merge(out: Path, settings: dict) -> None:
+    """Fold every rank's records into `out` (rewritten whole, then swapped in) and remove the rank files."""
+    records = read_all(out, settings)
+    take_lock(out.with_name(out.name + ".lock"))
+    try:
+        tmp = out.with_name(out.name + ".tmp")
+        with tmp.open("w") as f:
+            f.write(json.dumps({"header": make_header(settings)}) + "\n")
+            for record in records.values():
+                f.write(json.dumps(record) + "\n")
+        os.replace(tmp, out)
+        for path in rank_files(out):
+            path.unlink()
+    finally:
+        release_lock(out.with_name(out.name + ".lock"))
 
 
 class RecordsWriter:

@@ -35,6 +35,7 @@ from lalm_lens.tracing.engines.answer_layer import SAFE_STATES, answer_only
 from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, restore_index, score_of
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
+PAD_SLACK = 0.75  # a suffix joins a batch if it is at least this fraction of the batch's longest
 _HOOK_LEVEL = -7301  # context level of the engine's own hooks, so user hooks stay untouched
 AUDIO_SIDE = ("audio_encoder.", "audio_projector.", "hook_audio_embeds")
 
@@ -153,14 +154,16 @@ class FastEngine(Engine):
                 layers = effective_layers(cell.layers, cell.positions, base.state)
                 if layers:  # else the cell is the corrupted run itself
                     groups.append(Group(j, c, layers, cell.positions, cell.heads, min(cell.positions), job.final))
-        # longest suffixes first, so a batch holds similar lengths; rows x positions under the budget
-        groups.sort(key=lambda g: (-(bases[g.item].state.length - g.i0), g.item, g.i0))
+        # longest suffixes first; a batch holds suffixes within `PAD_SLACK` of its longest (little padding)
+        # and stays under the budget of rows x positions
+        width = lambda g: bases[g.item].state.length - g.i0  # noqa: E731
+        groups.sort(key=lambda g: (-width(g), g.item, g.i0))
         batch: list[Group] = []
         for g in groups + [None]:
             if g is not None:
-                width = bases[(batch or [g])[0].item].state.length - (batch or [g])[0].i0
                 rows = sum(bases[x.item].state.n_runs for x in batch + [g])
-                if not batch or rows * width <= self.max_batch_tokens:
+                if not batch or (rows * width(batch[0]) <= self.max_batch_tokens
+                                 and width(g) >= PAD_SLACK * width(batch[0])):
                     batch.append(g)
                     continue
             values = run_suffixes(model, jobs, [b.state for b in bases], batch)
@@ -205,12 +208,13 @@ class SuffixBatch:
         self.run_of = torch.tensor([s for g in self.groups for s in range(runs[g.item].n_runs)], device=dev)
         self.starts = [g.layers[0] for g in row_groups]
         self.answer_at = torch.tensor([g.final - g.i0 for g in row_groups], device=dev)
-        # distinct prefixes (item, run, i0), and each row's
-        prefixes = list(dict.fromkeys((g.item, s, g.i0) for g in self.groups for s in range(runs[g.item].n_runs)))
+        # a row reads the corrupted cache of its (item, run) up to `prefix_len`; the mask hides slots >= its i0
+        prefixes = list(dict.fromkeys((g.item, s) for g in self.groups for s in range(runs[g.item].n_runs)))
         self.prefixes = prefixes
         index = {p: k for k, p in enumerate(prefixes)}
-        self.row_prefix = torch.tensor([index[(g.item, s, g.i0)] for g in self.groups
+        self.row_prefix = torch.tensor([index[(g.item, s)] for g in self.groups
                                         for s in range(runs[g.item].n_runs)], device=dev)
+        self._prefix_kv = None
         self.mask = self._mask(model, runs, row_groups)
         positions = torch.stack([_pad_to(runs[g.item].positions[..., g.i0:], self.width, -1) for g in row_groups], -2)
         self.rope = model.rotary.cos_sin(positions, runs[0].resid_pre[0].dtype)
@@ -236,17 +240,20 @@ class SuffixBatch:
 
     def prefix(self, runs: list[ItemRuns], n_rows: int) -> PrefixKV:
         """Prefix keys/values (every layer) of the first `n_rows` rows."""
-        one = len({(i, i0) for i, _, i0 in self.prefixes}) == 1
-        if one:  # a single item and first position: the prefix is that item's own cache (a view)
-            item = self.prefixes[0][0]
-            keys = [k[:, : self.prefix_len] for k in runs[item].keys]
-            values = [v[:, : self.prefix_len] for v in runs[item].values]
-        else:
-            keys, values = [], []
-            for layer in range(len(runs[0].keys)):
-                keys.append(torch.stack([_pad_to(runs[i].keys[layer][s, :i0], self.prefix_len, 0) for i, s, i0 in self.prefixes]))
-                values.append(torch.stack([_pad_to(runs[i].values[layer][s, :i0], self.prefix_len, 0) for i, s, i0 in self.prefixes]))
-        return PrefixKV(keys, values, self.row_prefix[:n_rows])
+        if self._prefix_kv is None:
+            items = {i for i, _ in self.prefixes}
+            P = self.prefix_len
+            if len(items) == 1:  # one item: its own cache, a view, no copy
+                item = runs[next(iter(items))]
+                keys = [k[:, :P] for k in item.keys]
+                values = [v[:, :P] for v in item.values]
+            else:
+                keys = [torch.stack([_pad_to(runs[i].keys[layer][s, :P], P, 0) for i, s in self.prefixes])
+                        if layer >= self.starts[0] else None for layer in range(len(runs[0].keys))]
+                values = [torch.stack([_pad_to(runs[i].values[layer][s, :P], P, 0) for i, s in self.prefixes])
+                          if layer >= self.starts[0] else None for layer in range(len(runs[0].values))]
+            self._prefix_kv = PrefixKV(keys, values, self.row_prefix)
+        return self._prefix_kv.rows(n_rows)
 
 
 def _restore(runs: list[ItemRuns], batch: SuffixBatch, layer: int, name: str, n_rows: int, only_answer: bool = False):

@@ -1,0 +1,110 @@
+"""The released checkpoints' configs (values as published in their config.json), for meta-device key coverage.
+
+Only the fields that decide shapes and structure are listed; everything else
+takes the config class's default, as it does when the released file is read.
+"""
+
+QWEN2_AUDIO_7B_INSTRUCT = dict(
+    model_type="qwen2_audio",
+    audio_token_index=151646,
+    audio_config=dict(model_type="qwen2_audio_encoder", d_model=1280, encoder_layers=32, encoder_attention_heads=20,
+                      encoder_ffn_dim=5120, num_mel_bins=128, max_source_positions=1500),
+    text_config=dict(model_type="qwen2", vocab_size=156032, hidden_size=4096, intermediate_size=11008,
+                     num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-5,
+                     rope_theta=10000.0, max_position_embeddings=8192, use_sliding_window=False),
+)
+
+_VOXTRAL_AUDIO = dict(model_type="voxtral_encoder", hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                      num_attention_heads=20, num_mel_bins=128, max_source_positions=1500)
+VOXTRAL_MINI_3B = dict(
+    model_type="voxtral", audio_token_id=24, projector_hidden_act="gelu", audio_config=_VOXTRAL_AUDIO,
+    text_config=dict(model_type="llama", vocab_size=131072, hidden_size=3072, intermediate_size=8192,
+                     num_hidden_layers=30, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                     rope_theta=100000000.0, rms_norm_eps=1e-5, max_position_embeddings=131072),
+)
+VOXTRAL_SMALL_24B = dict(
+    model_type="voxtral", audio_token_id=24, projector_hidden_act="gelu", audio_config=_VOXTRAL_AUDIO,
+    text_config=dict(model_type="llama", vocab_size=131072, hidden_size=5120, intermediate_size=32768,
+                     num_hidden_layers=40, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                     rope_theta=100000000.0, rms_norm_eps=1e-5, max_position_embeddings=131072),
+)
+
+AUDIO_FLAMINGO_3 = dict(
+    model_type="audioflamingo3", audio_token_id=151669, projector_hidden_act="gelu", projector_bias=True,
+    audio_config=dict(model_type="audioflamingo3_encoder", hidden_size=1280, num_hidden_layers=32,
+                      num_attention_heads=20, intermediate_size=5120, num_mel_bins=128, max_source_positions=1500),
+    text_config=dict(model_type="qwen2", vocab_size=151672, hidden_size=3584, intermediate_size=18944,
+                     num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, rms_norm_eps=1e-6,
+                     rope_theta=1000000.0, max_position_embeddings=32768),
+)
+
+QWEN2_5_OMNI_7B = dict(  # the full model: thinker + talker + token2wav (only the thinker is read)
+    model_type="qwen2_5_omni",
+    thinker_config=dict(
+        model_type="qwen2_5_omni_thinker", audio_token_index=151646, image_token_index=151655,
+        video_token_index=151656, vision_start_token_id=151652, position_id_per_seconds=25, seconds_per_chunk=2,
+        audio_start_token_id=151647, audio_end_token_id=151648, tie_word_embeddings=False,
+        audio_config=dict(model_type="qwen2_5_omni_audio_encoder", d_model=1280, encoder_layers=32,
+                          encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128,
+                          max_source_positions=1500, n_window=100, output_dim=3584),
+        text_config=dict(model_type="qwen2_5_omni_text", vocab_size=152064, hidden_size=3584,
+                         intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                         rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=32768,
+                         rope_scaling=dict(type="default", mrope_section=[16, 24, 24])),
+        vision_config=dict(model_type="qwen2_5_omni_vision_encoder", depth=32, hidden_size=1280, num_heads=16,
+                           intermediate_size=3420, out_hidden_size=3584),
+    ),
+)
+
+WHISPER_LARGE_V3 = dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
+                        decoder_layers=32, decoder_attention_heads=20, decoder_ffn_dim=5120, num_mel_bins=128,
+                        vocab_size=51866, max_source_positions=1500, max_target_positions=448)
+WHISPER_SMALL = dict(d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072,
+                     decoder_layers=12, decoder_attention_heads=12, decoder_ffn_dim=3072, num_mel_bins=80,
+                     vocab_size=51865, max_source_positions=1500, max_target_positions=448)
+LLAMA_31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                   num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, max_position_embeddings=131072,
+                   rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                                        high_freq_factor=4.0, original_max_position_embeddings=8192))
+LLAMA_3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, max_position_embeddings=8192,
+                  rope_parameters=dict(rope_type="default", rope_theta=500000.0))
+DESTA25 = dict(model_type="desta25", prompt_size=64, qformer_num_hidden_layers=6, connector_mode="qformer_1",
+               encoder_model_id="openai/whisper-large-v3", llm_model_id="DeSTA-ntu/Llama-3.1-8B-Instruct")
+DESTA2 = dict(model_type="DestaModel", prompt_size=64, whisper_model_id="openai/whisper-small",
+              llama_model_id="meta-llama/Meta-Llama-3-8B-Instruct")
+
+QWEN_AUDIO_CHAT = dict(
+    model_type="qwen", hidden_size=4096, num_attention_heads=32, num_hidden_layers=32, kv_channels=128,
+    intermediate_size=22016, seq_length=2048, max_position_embeddings=8192, rotary_emb_base=10000, rotary_pct=1.0,
+    layer_norm_epsilon=1e-6, vocab_size=155947, no_bias=True, use_dynamic_ntk=True, use_logn_attn=True,
+    tie_word_embeddings=False,
+    audio=dict(n_mels=80, n_ctx=1500, n_state=1280, n_head=20, n_layer=32, output_dim=4096, avg_pool=True,
+               add_audio_bos_eos_token=True, audio_start_id=155163),
+)
+
+
+def qwen_audio_keys(c: dict) -> dict:
+    """The released Qwen-Audio checkpoint's keys and shapes, as its remote code names its modules
+    (there is no original to build: it does not load on transformers 5)."""
+    d, a, V = c["hidden_size"], c["audio"], c["vocab_size"]
+    ff, w = c["intermediate_size"] // 2, a["n_state"]
+    keys = {"transformer.wte.weight": (V, d), "transformer.ln_f.weight": (d,), "lm_head.weight": (V, d)}
+    for i in range(c["num_hidden_layers"]):
+        h = f"transformer.h.{i}."
+        keys.update({h + "ln_1.weight": (d,), h + "ln_2.weight": (d,), h + "attn.c_attn.weight": (3 * d, d),
+                     h + "attn.c_attn.bias": (3 * d,), h + "attn.c_proj.weight": (d, d), h + "mlp.w1.weight": (ff, d),
+                     h + "mlp.w2.weight": (ff, d), h + "mlp.c_proj.weight": (d, ff)})
+    e = "transformer.audio."
+    keys.update({e + "conv1.weight": (w, a["n_mels"], 3), e + "conv1.bias": (w,), e + "conv2.weight": (w, w, 3),
+                 e + "conv2.bias": (w,), e + "positional_embedding": (a["n_ctx"], w), e + "ln_post.weight": (w,),
+                 e + "ln_post.bias": (w,), e + "proj.weight": (a["output_dim"], w), e + "proj.bias": (a["output_dim"],),
+                 e + "audio_bos_eos_token.weight": (2, a["output_dim"])})
+    for i in range(a["n_layer"]):
+        b = f"{e}blocks.{i}."
+        for name in ("query", "value", "out"):
+            keys.update({b + f"attn.{name}.weight": (w, w), b + f"attn.{name}.bias": (w,)})
+        keys.update({b + "attn.key.weight": (w, w), b + "attn_ln.weight": (w,), b + "attn_ln.bias": (w,),
+                     b + "mlp_ln.weight": (w,), b + "mlp_ln.bias": (w,), b + "mlp.0.weight": (4 * w, w),
+                     b + "mlp.0.bias": (4 * w,), b + "mlp.2.weight": (w, 4 * w), b + "mlp.2.bias": (w,)})
+    return keys
