@@ -94,3 +94,22 @@ def test_training_script_does_not_overwrite_the_bundled_model_by_default():
     finally:
         train.train = original
     assert parser_defaults["out"].name == "demo_model_retrained"
+
+
+@pytest.mark.parametrize("sweep, files", [("audio-time", ["trace_audio_time.json", "audio_time.png"]),
+                                          ("heads", ["trace_heads.json", "heads.png"])])
+def test_trace_sweeps_write_json_and_a_figure(tmp_path, capsys, sweep, files):
+    out = tmp_path / sweep
+    assert main(["trace", "--sweep", sweep, "--head-positions", "final", "--out", str(out), "--device", "cpu"]) == 0
+    for name in files:
+        assert (out / name).is_file(), name
+    assert json.loads((out / "summary.json").read_text())["traces"]
+    assert main(["trace", "--sweep", sweep, "--mode", "tokens", "--out", str(out)]) == 2  # --mode is for positions
+
+
+def test_lens_command(tmp_path):
+    from lalm_lens.tracing import LensResult
+
+    assert main(["lens", "--out", str(tmp_path), "--device", "cpu", "--top-k", "3"]) == 0
+    lens = LensResult.load(tmp_path / "lens.json")
+    assert len(lens.clean_top[0]) == 3 and (tmp_path / "lens.png").is_file()

@@ -1,4 +1,4 @@
-"""`lalm-lens trace` and `lalm-lens trace-dataset`."""
+"""`lalm-lens trace` (token positions, audio time windows, heads), `lalm-lens lens` and `lalm-lens trace-dataset`."""
 
 from __future__ import annotations
 
@@ -11,22 +11,44 @@ from lalm_lens.cli.args import (CLIError, add_model_args, add_trace_args, check_
                                 trace_settings)
 
 
-def add_parsers(sub, formatter) -> None:
-    t = sub.add_parser("trace", help="causal trace of one clip and question (default: the demo model)",
-                       formatter_class=formatter)
-    add_model_args(t, default_model="demo")
-    g = t.add_argument_group("item")
+def add_item_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("item")
     g.add_argument("--audio", help="the clip (with --model demo and no --audio: a synthesized demo clip)")
     g.add_argument("--prompt", help="the question, as the user turn")
     g.add_argument("--answer", help="the expected one-token answer (a string, or a token id)")
     g.add_argument("--options", nargs="+", help="the answer options named in the prompt (the 'object' tokens)")
     g.add_argument("--answer-prefix", help="text after the generation prompt, e.g. \"The speaker's gender is\"")
     g.add_argument("--transcript", help="DeSTA: the transcript (default: Whisper decoding)")
+
+
+def add_parsers(sub, formatter) -> None:
+    t = sub.add_parser("trace", help="causal trace of one clip and question (default: the demo model)",
+                       formatter_class=formatter)
+    add_model_args(t, default_model="demo")
+    add_item_args(t)
     add_trace_args(t, default_mode="both")
+    g = t.add_argument_group("sweep")
+    g.add_argument("--sweep", default="positions", choices=["positions", "audio-time", "heads"],
+                   help="positions: the paper's token-wise/layer-wise cells (--mode); audio-time: the audio positions "
+                        "in time windows at each layer; heads: one head's attention output (z) at each layer")
+    g.add_argument("--window-seconds", type=float, default=0.5, help="audio-time: the width of a time window")
+    g.add_argument("--head-positions", default="all", choices=["all", "final"],
+                   help="heads: restore the head's z at every position or at the final one")
     t.add_argument("--allow-ill-posed", action="store_true",
                    help="exit 0 even when a check fails (the outputs are flagged either way)")
     t.add_argument("--hide-template", action="store_true", help="leave the chat-template rows out of the heatmap")
     t.set_defaults(func=cmd_trace)
+
+    lens = sub.add_parser("lens", help="logit lens: what each layer already predicts, at the final position and "
+                                       "over the audio", formatter_class=formatter)
+    add_model_args(lens, default_model="demo")
+    add_item_args(lens)
+    lens.add_argument("--corruption", default="silence", choices=["silence", "noise", "none"],
+                      help="the run compared with the clean one ('none': the clean run only)")
+    lens.add_argument("--top-k", type=int, default=5, help="top tokens listed per layer")
+    lens.add_argument("--seed", type=int, default=0, help="seed of the demo clip and the noise")
+    lens.add_argument("--out", default="lalm-lens-out", help="output folder")
+    lens.set_defaults(func=cmd_lens)
 
     d = sub.add_parser("trace-dataset", help="causal traces over a JSONL of items, mean RR with 95%% CIs",
                        formatter_class=formatter)
@@ -47,11 +69,9 @@ def _answer(value):
     return int(value) if value is not None and value.isdigit() else value
 
 
-def cmd_trace(args: argparse.Namespace) -> int:
-    from lalm_lens.tracing import causal_trace, plots
-
-    settings = trace_settings(args)  # argument errors before any work
-    out = check_writable(args.out)
+def load_item(args: argparse.Namespace, out: Path):
+    """The model and the prepared item (a synthesized demo clip when `--model demo` has no `--audio`);
+    the audio files are checked before the model loads."""
     audio, prompt, answer, options, prefix = args.audio, args.prompt, args.answer, args.options, args.answer_prefix
     demo = args.model == "demo" and audio is None
     if not demo:
@@ -59,7 +79,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         if missing:
             raise CLIError(f"{', '.join(missing)} required with --model {args.model}")
         check_audio_file(audio, "--audio")
-    if args.swap_audio:
+    if getattr(args, "swap_audio", None):
         check_audio_file(args.swap_audio, "--swap-audio")
     model = load_model(args)
     if demo:
@@ -70,26 +90,66 @@ def cmd_trace(args: argparse.Namespace) -> int:
               f"expected answer: {answer!r}")
     extra = {"transcript": args.transcript} if args.transcript is not None else {}
     inp = model.prepare(audio, prompt, answer_prefix=prefix, options=options, **extra)
-    modes = ["tokens", "layers"] if args.mode == "both" else [args.mode]
-    numbers, ill_posed = {}, []
-    for mode in modes:
-        result = causal_trace(model, inp, answer=_answer(answer), mode=mode, **settings)
-        result.save(out / f"trace_{mode}.json")
-        result.save(out / f"trace_{mode}.npz")
-        figure = out / ("heatmap_tokens.png" if mode == "tokens" else "recovery_layers.png")
-        ax = result.plot(hide_template=args.hide_template) if mode == "tokens" else result.plot()
-        plots.save(ax, figure)
-        print(f"\n[{mode}] {result.summary()}\n  wrote {out / f'trace_{mode}.json'} and {figure}")
-        numbers[mode] = result.numbers()
-        if result.ill_posed:
-            ill_posed.append(mode)
-    summary = dict(model=args.model, prompt=prompt, answer=answer, answer_prefix=prefix, options=options,
-                   settings=result.settings, traces=numbers)
+    return model, inp, _answer(answer), dict(prompt=prompt, answer=answer, answer_prefix=prefix, options=options)
+
+
+def run_traces(args, model, inp, answer, settings, out: Path) -> list:
+    """The results the chosen sweep asks for, each saved (JSON, and NPZ for position sweeps) with its figure."""
+    from lalm_lens.tracing import audio_time_trace, causal_trace, head_trace, plots
+
+    if args.sweep == "audio-time":
+        runs = [("audio_time", lambda: audio_time_trace(model, inp, answer=answer, window_seconds=args.window_seconds,
+                                                         **settings), "audio_time.png")]
+    elif args.sweep == "heads":
+        kw = {k: v for k, v in settings.items() if k not in ("states", "window")}
+        runs = [("heads", lambda: head_trace(model, inp, answer=answer, positions=args.head_positions, **kw),
+                 "heads.png")]
+    else:
+        modes = ["tokens", "layers"] if args.mode == "both" else [args.mode]
+        runs = [(mode, lambda mode=mode: causal_trace(model, inp, answer=answer, mode=mode, **settings),
+                 "heatmap_tokens.png" if mode == "tokens" else "recovery_layers.png") for mode in modes]
+    results = []
+    for name, run, figure in runs:
+        result = run()
+        result.save(out / f"trace_{name}.json")
+        if args.sweep == "positions":
+            result.save(out / f"trace_{name}.npz")
+        ax = result.plot(hide_template=args.hide_template) if name == "tokens" else result.plot()
+        plots.save(ax, out / figure)
+        print(f"\n[{name}] {result.summary()}\n  wrote {out / f'trace_{name}.json'} and {out / figure}")
+        results.append((name, result))
+    return results
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    settings = trace_settings(args)  # argument errors before any work
+    if args.sweep != "positions" and args.mode != "both":
+        raise CLIError(f"--mode applies to --sweep positions, not --sweep {args.sweep}")
+    out = check_writable(args.out)
+    model, inp, answer, item = load_item(args, out)
+    results = run_traces(args, model, inp, answer, settings, out)
+    summary = dict(model=args.model, **item, settings=results[-1][1].settings,
+                   traces={name: result.numbers() for name, result in results})
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    if ill_posed and not args.allow_ill_posed:
-        print(f"lalm-lens: the trace is ill-posed (see WARNING above); its outputs are written and flagged. "
+    if any(result.ill_posed for _, result in results) and not args.allow_ill_posed:
+        print("lalm-lens: the trace is ill-posed (see WARNING above); its outputs are written and flagged. "
               "Pass --allow-ill-posed to exit 0 anyway.", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_lens(args: argparse.Namespace) -> int:
+    from lalm_lens.tracing import GaussianNoise, logit_lens, plots
+
+    if args.top_k < 1:
+        raise CLIError(f"--top-k must be at least 1, got {args.top_k}")
+    out = check_writable(args.out)
+    model, inp, answer, _ = load_item(args, out)
+    corruption = {"none": None, "silence": "silence", "noise": GaussianNoise(seed=args.seed)}[args.corruption]
+    result = logit_lens(model, inp, corruption, answer=answer, top_k=args.top_k)
+    result.save(out / "lens.json")
+    plots.save(result.plot(), out / "lens.png")
+    print(f"{result.summary()}\n  wrote {out / 'lens.json'} and {out / 'lens.png'}")
     return 0
 
 

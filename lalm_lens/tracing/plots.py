@@ -152,6 +152,110 @@ def plot_groups(group_curves: Mapping[str, tuple], ax=None, title: Optional[str]
     return plot_layers({g: group_curves[g] for g in order}, ax=ax, title=title or "recovery by token group", band=band)
 
 
+def _recovery_image(ax, data: np.ndarray, value: str, label: str, cmap: str = "Purples", **kw):
+    finite = data[np.isfinite(data)]
+    vmax = max(1.0, float(finite.max())) if value == "recovery" and finite.size else None
+    image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", interpolation="nearest", cmap=cmap,
+                      vmin=0.0 if value == "recovery" else None, vmax=vmax, **kw)
+    ax.figure.colorbar(image, ax=ax, fraction=0.04, pad=0.02).set_label(label)
+    return image
+
+
+def plot_time_heatmap(result, value: str = "recovery", title: Optional[str] = None):
+    """Layers x time (seconds on the axis), the clip's log-mel spectrogram underneath on the same time axis."""
+    import matplotlib.pyplot as plt
+
+    if not _interactive():
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 5.2), sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
+    data = getattr(result, value).float().numpy()  # [layers, windows]
+    duration = result.settings.get("duration") or result.windows[-1][1]
+    edges = [w[0] for w in result.windows]
+    step = result.settings.get("window_seconds", (result.windows[0][1] - result.windows[0][0]))
+    # one column per window, drawn at its time span
+    grid = np.full((len(result.layers), max(1, int(round(duration / step)))), np.nan)
+    for b, start in enumerate(edges):
+        grid[:, min(int(round(start / step)), grid.shape[1] - 1)] = data[:, b]
+    _recovery_image(top, grid, value, value_label(result, value), extent=(0, grid.shape[1] * step,
+                                                                          len(result.layers) - 0.5, -0.5))
+    top.set_yticks(range(len(result.layers)))
+    top.set_yticklabels(result.layers, fontsize=7)
+    top.set_ylabel("layer")
+    top.set_title(title or result.title("audio windows"), fontsize=9)
+    if result.spectrogram:
+        spec = np.asarray(result.spectrogram, dtype=float)
+        bottom.imshow(spec, aspect="auto", origin="lower", cmap="magma", extent=(0, duration, 0, spec.shape[0]))
+        bottom.set_ylabel("mel band")
+    bottom.set_xlabel("time in the clip (s)")
+    bottom.set_xlim(0, max(duration, grid.shape[1] * step))
+    fig.tight_layout()
+    return top
+
+
+def plot_head_heatmaps(result, value: str = "recovery", title: Optional[str] = None):
+    """Layer x head: the recovery of restoring each head, and its attention to the audio (clean, corrupted)."""
+    import matplotlib.pyplot as plt
+
+    if not _interactive():
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+    fig, axes = plt.subplots(1, 3, figsize=(12.5, 0.25 * len(result.layers) + 3.0))
+    panels = [(getattr(result, value).float().numpy(), value_label(result, value), "restoring the head's z", "Purples"),
+              (np.asarray(result.attention_clean), "attention mass to the audio", "attention final -> audio, clean",
+               "Blues"),
+              (np.asarray(result.attention_corrupted), "attention mass to the audio", "... corrupted", "Blues")]
+    for ax, (data, label, name, cmap) in zip(axes, panels):
+        if ax is axes[0]:
+            _recovery_image(ax, data, value, label, cmap)
+        else:
+            image = ax.imshow(data, aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=1)
+            fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02).set_label(label)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("head")
+        ax.set_yticks(range(len(result.layers)))
+        ax.set_yticklabels(result.layers, fontsize=7)
+    axes[0].set_ylabel("layer")
+    fig.suptitle(title or result.title("heads"), fontsize=9)
+    fig.tight_layout()
+    return axes[0]
+
+
+def plot_lens(result, title: Optional[str] = None):
+    """The metric at the final position per layer (clean, corrupted), and the answer's rank over the audio."""
+    import matplotlib.pyplot as plt
+
+    if not _interactive():
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 3.8), gridspec_kw=dict(width_ratios=[1, 1.4]))
+    left.plot(result.layers, result.clean, marker="o", markersize=3, label="clean")
+    if result.corrupted is not None:
+        left.plot(result.layers, result.corrupted, marker="o", markersize=3, label="corrupted")
+    left.set_xlabel("after layer")
+    left.set_ylabel(result.metric.get("describe", result.metric.get("name")))
+    left.set_title("final position", fontsize=8)
+    left.legend(fontsize=8, frameon=False)
+    if result.audio_positions:
+        rank = np.log10(1 + np.asarray(result.audio_rank, dtype=float))
+        times = result.audio_seconds
+        extent = (times[0], times[-1], len(result.layers) - 0.5, -0.5) if times else None
+        image = right.imshow(rank, aspect="auto", cmap="viridis_r", interpolation="nearest", extent=extent)
+        fig.colorbar(image, ax=right, fraction=0.04, pad=0.02).set_label("log10(1 + rank of the answer)")
+        right.set_xlabel("time in the clip (s)" if times else "audio position")
+        right.set_ylabel("after layer")
+        right.set_title(f"audio positions ({len(result.audio_positions)}): the answer's rank (0 = top-1)", fontsize=8)
+    else:
+        right.axis("off")
+    model = result.settings.get("model")
+    fig.suptitle(title or " · ".join(p for p in (model, f"answer {result.answer!r}", "logit lens") if p), fontsize=9)
+    fig.tight_layout()
+    return left
+
+
 def save(ax, path: Union[str, Path]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -103,7 +103,9 @@ class TraceResult:
 
     # ------------------------------------------------------------ persistence
     def to_json(self) -> dict[str, Any]:
-        return {
+        base = {f.name for f in fields(TraceResult)}
+        extra = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in base}  # a subclass's own
+        return extra | {
             "schema": SCHEMA, "kind": self.kind, "clean": self.clean, "corrupted": self.corrupted,
             "patched": self.patched.tolist(), "recovery": self.recovery.tolist(), "layers": self.layers,
             "positions": self.positions, "token_labels": self.token_labels,
@@ -242,17 +244,18 @@ def _upgrade(d: dict, source: str) -> dict:
     return d
 
 
-def describe_curve(values, layers) -> str:
-    """The peak of a layer curve, or "flat" when it varies by less than `FLAT`; ties named as such."""
+def describe_curve(values, layers, axis: str = "layer") -> str:
+    """The peak of a curve over layers (or another `axis`), or "flat" when it varies by less than `FLAT`;
+    ties named as such."""
     values = np.asarray(values, dtype=float)
     finite = np.isfinite(values)
     if not finite.any():
         return "RR undefined (clean and corrupted scores are equal)"
     lo, hi = np.nanmin(values), np.nanmax(values)
     if hi - lo < FLAT:
-        return f"flat: RR between {lo:.2f} and {hi:.2f} at every layer"
+        return f"flat: RR between {lo:.2f} and {hi:.2f} at every {axis}"
     top = [l for l, v in zip(layers, values) if np.isfinite(v) and v >= hi - 1e-3]
-    where = f"layer {top[0]}" if len(top) == 1 else f"layers {', '.join(map(str, top))} (tied)"
+    where = f"{axis} {top[0]}" if len(top) == 1 else f"{axis}s {', '.join(map(str, top))} (tied)"
     return f"max RR {hi:.2f} at {where}"
 
 

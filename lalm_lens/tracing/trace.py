@@ -83,8 +83,9 @@ class TraceSpec:
                     min_effect=self.min_effect)
 
 
-def prepare_job(model, spec: TraceSpec, clean: Mapping, answer) -> tuple[TraceJob, dict]:
-    """Everything an engine needs for one item (the corruption built, cells chosen), and the labels."""
+def prepare_job(model, spec: TraceSpec, clean: Mapping, answer, cells=None) -> tuple[TraceJob, dict]:
+    """Everything an engine needs for one item (the corruption built, cells chosen — or `cells(groups)`
+    for a sweep of its own), and the labels."""
     answer_id, answer_label = answer_token(model, clean, answer)
     groups = input_groups(model, clean)
     positions = check_indices(spec.positions, len(groups), "position(s)", non_audio_positions(groups))
@@ -93,7 +94,8 @@ def prepare_job(model, spec: TraceSpec, clean: Mapping, answer) -> tuple[TraceJo
     check_same_layout(clean, corr.inputs)
     on_device = lambda inputs: {k: v.to(model.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}  # noqa: E731
     corr.inputs = on_device(corr.inputs)
-    cells = build_cells(spec.mode, spec.layers, positions, spec.window, model.cfg.n_layers)
+    cells = (build_cells(spec.mode, spec.layers, positions, spec.window, model.cfg.n_layers) if cells is None
+             else cells(groups))
     job = TraceJob(on_device(clean), corr, spec.states, cells, final_position(clean), answer_id, score)
     info = dict(groups=groups, positions=positions, answer=answer_label, corruption=corr.description)
     return job, info
@@ -107,12 +109,10 @@ def pick_engine(model, spec: TraceSpec, job: TraceJob) -> Engine:
     return ReferenceEngine()
 
 
-def make_result(model, spec: TraceSpec, clean, job: TraceJob, info: dict, base, patched, engine: Engine) -> TraceResult:
+def result_fields(model, spec: TraceSpec, clean, job: TraceJob, info: dict, base, engine: Engine) -> dict:
+    """What every result of a trace holds besides its scores' layout: checks, labels, settings."""
     checks = run_checks(model, base.clean_logits, base.corrupted_logits, job.answer, base.clean_score,
                         base.corrupted_score, spec.min_effect)
-    positions = info["positions"]
-    if spec.mode == "tokens":
-        patched = patched.view(len(spec.layers), len(positions))
     str_tokens = clean.str_tokens[0] if isinstance(clean, PreparedInput) else []
     meta = getattr(clean, "meta", {}) or {}
     seconds = (meta.get("audio_seconds") or [None])[0]
@@ -121,14 +121,28 @@ def make_result(model, spec: TraceSpec, clean, job: TraceJob, info: dict, base, 
                     audio_seconds=None if seconds is None or not len(seconds) else [float(seconds[0]), float(seconds[-1])],
                     duration=None if getattr(clean, "waveform", None) is None else len(clean.waveform) / clean.sampling_rate)
     metric = dict(spec.metric.to_dict(), describe=spec.metric.describe(), probability=spec.metric.probability)
+    return dict(clean=base.clean_score, corrupted=base.corrupted_score, layers=list(spec.layers),
+                groups=dict(enumerate(info["groups"])), states=spec.states, answer=info["answer"],
+                answer_token=job.answer, metric=metric, checks=checks, settings=settings, str_tokens=str_tokens,
+                special_positions=special_positions(clean, model.tokenizer) if isinstance(clean, PreparedInput) else [])
+
+
+def make_result(model, spec: TraceSpec, clean, job: TraceJob, info: dict, base, patched, engine: Engine) -> TraceResult:
+    fields = result_fields(model, spec, clean, job, info, base, engine)
+    positions = info["positions"]
+    if spec.mode == "tokens":
+        patched = patched.view(len(spec.layers), len(positions))
+    labels = [fields["str_tokens"][p] if fields["str_tokens"] else str(p) for p in positions]
     cls = TokenTrace if spec.mode == "tokens" else LayerTrace
-    return cls(
-        clean=base.clean_score, corrupted=base.corrupted_score, patched=patched, layers=list(spec.layers),
-        positions=positions, token_labels=[str_tokens[p] if str_tokens else str(p) for p in positions],
-        groups=dict(enumerate(info["groups"])), states=spec.states, answer=info["answer"], answer_token=job.answer,
-        metric=metric, checks=checks, settings=settings, str_tokens=str_tokens,
-        special_positions=special_positions(clean, model.tokenizer) if isinstance(clean, PreparedInput) else [],
-    )
+    return cls(patched=patched, positions=positions, token_labels=labels, **fields)
+
+
+def run_trace(model, spec: TraceSpec, clean: Mapping, answer, cells=None):
+    """The job, its labels, the engine that ran it, its baseline and patched scores (checks warned)."""
+    job, info = prepare_job(model, spec, clean, answer, cells)
+    engine = pick_engine(model, spec, job)
+    base = engine.baseline(model, job)
+    return job, info, engine, base, engine.patched(model, job, base)
 
 
 def causal_trace(
@@ -161,10 +175,7 @@ def causal_trace(
     refuse_moved(moved)
     spec = TraceSpec(model, mode=mode, states=states, layers=layers, positions=positions, window=window,
                      corruption=corruption, metric=metric, engine=engine, min_effect=min_effect)
-    job, info = prepare_job(model, spec, clean, answer)
-    run = pick_engine(model, spec, job)
-    base = run.baseline(model, job)
-    patched = run.patched(model, job, base)
-    result = make_result(model, spec, clean, job, info, base, patched, run)
+    job, info, engine, base, patched = run_trace(model, spec, clean, answer)
+    result = make_result(model, spec, clean, job, info, base, patched, engine)
     warn_if_ill_posed(result.checks, f"the trace of {result.answer!r}")
     return result

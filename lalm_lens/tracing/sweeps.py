@@ -1,0 +1,219 @@
+"""Sweeps beyond token positions: when in the clip (`audio_time_trace`) and which heads (`head_trace`).
+
+Both are causal traces — the same corruption, metric, checks and engines (the
+fast engine re-runs only what a patch changes; here the suffix starts inside the
+audio) — over cells of their own:
+- `audio_time_trace`: at each layer, the audio positions whose start time falls in
+  one window of `window_seconds` (from the family's token timing,
+  `inp.meta["audio_seconds"]`), restored together: a layer x time map (`TimeTrace`).
+- `head_trace`: at each layer, one head's attention output (`z`) restored, at every
+  position or at the final one: a layer x head map (`HeadTrace`), with the
+  attention each head pays from the final position to the audio, clean vs corrupted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
+
+import numpy as np
+import torch
+from transformer_lens.utilities import get_act_name
+
+from lalm_lens.tracing.cells import Cell, window_layers
+from lalm_lens.tracing.checks import warn_if_ill_posed
+from lalm_lens.tracing.results import RESULT_TYPES, TraceResult, describe_curve
+from lalm_lens.tracing.trace import TraceSpec, refuse_moved, result_fields, run_trace
+
+
+def time_windows(inp, window_seconds: float) -> list[tuple[float, float, list[int]]]:
+    """`(start, end, positions)` of every window holding audio positions of the clip (row 0)."""
+    seconds = (getattr(inp, "meta", None) or {}).get("audio_seconds")
+    if not seconds or seconds[0] is None:
+        raise ValueError("this input's audio positions have no timing (DeSTA's 64 vectors are Q-Former queries over "
+                         "the whole clip): an audio-time sweep needs a family whose audio tokens follow the clip")
+    if not (isinstance(window_seconds, (int, float)) and math.isfinite(window_seconds) and window_seconds > 0):
+        raise ValueError(f"window_seconds must be a positive number of seconds, got {window_seconds!r}")
+    duration = len(inp.waveform) / inp.sampling_rate
+    n = max(1, math.ceil(duration / window_seconds - 1e-9))
+    buckets: list[list[int]] = [[] for _ in range(n)]
+    for pos, t in zip(inp.audio_positions[0].tolist(), seconds[0].tolist()):
+        if t <= duration:  # positions past the clip's end (Voxtral pads to 30 s) are not swept
+            buckets[min(int(t // window_seconds), n - 1)].append(pos)
+    return [(k * window_seconds, min((k + 1) * window_seconds, duration), b) for k, b in enumerate(buckets) if b]
+
+
+def spectrogram(wave: np.ndarray, rate: int, n_mels: int = 40, max_frames: int = 400) -> list[list[float]]:
+    """A small log-mel spectrogram of the clip (for the figure), `[n_mels, frames]`."""
+    import torchaudio
+
+    hop = max(160, int(math.ceil(len(wave) / max_frames)))
+    mel = torchaudio.transforms.MelSpectrogram(rate, n_fft=max(400, 2 ** int(math.ceil(math.log2(hop)))),
+                                               hop_length=hop, n_mels=n_mels)(torch.from_numpy(wave).float())
+    return torch.log10(mel.clamp(min=1e-8)).tolist()
+
+
+@dataclass
+class TimeTrace(TraceResult):
+    """`patched[layer, w]`: the audio positions of time window `windows[w]` restored together at each layer."""
+
+    windows: list = field(default_factory=list)  # [start, end] seconds per column
+    window_positions: list = field(default_factory=list)  # the positions of each window
+    spectrogram: Optional[list] = None  # [n_mels, frames] log-mel of the clip, for the figure
+    kind: ClassVar[str] = "audio_time"
+
+    def expected_shape(self) -> tuple[int, ...]:
+        return (len(self.layers), len(self.windows))
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame([dict(layer=l, start=w[0], end=w[1], n_positions=len(ps), score=float(self.patched[a, b]),
+                                  recovery=float(self.recovery[a, b]))
+                             for a, l in enumerate(self.layers)
+                             for b, (w, ps) in enumerate(zip(self.windows, self.window_positions))])
+
+    def summary(self) -> str:
+        rec = self.recovery.numpy()
+        lines = self.header()
+        if np.isfinite(rec).any():
+            a, b = divmod(int(np.nanargmax(rec)), rec.shape[1])
+            w = self.windows[b]
+            lines.append(f"restoring {self.restored()} of the audio positions in {self.settings['window_seconds']:g} s "
+                         f"windows: best cell layer {self.layers[a]}, {w[0]:.2f}–{w[1]:.2f} s "
+                         f"({len(self.window_positions[b])} positions), RR {rec[a, b]:.2f}")
+            starts = [f"{w[0]:.2f} s" for w in self.windows]
+            lines.append("by window (max over layers): " + describe_curve(np.nanmax(rec, 0), starts, axis="window"))
+        return "\n".join(lines)
+
+    def numbers(self) -> dict:
+        rec = self.recovery.numpy()
+        out = dict(super().numbers(), windows=self.windows, recovery=np.where(np.isfinite(rec), rec, None).tolist())
+        if np.isfinite(rec).any():
+            a, b = divmod(int(np.nanargmax(rec)), rec.shape[1])
+            out["best"] = dict(layer=self.layers[a], window=self.windows[b], recovery=float(rec[a, b]))
+        return out
+
+    def plot(self, ax=None, title: Optional[str] = None, value: str = "recovery"):
+        from lalm_lens.tracing.plots import plot_time_heatmap
+
+        return plot_time_heatmap(self, value=value, title=title or self.title(
+            f"restoring {self.restored()} in {self.settings['window_seconds']:g} s audio windows"))
+
+
+@dataclass
+class HeadTrace(TraceResult):
+    """`patched[layer, head]`: one head's attention output (`z`) restored at `positions`, and each head's
+    attention from the final position to the audio (`attention_clean` / `attention_corrupted`, `[layer][head]`)."""
+
+    attention_clean: list = field(default_factory=list)
+    attention_corrupted: list = field(default_factory=list)
+    kind: ClassVar[str] = "heads"
+
+    def expected_shape(self) -> tuple[int, ...]:
+        return (len(self.layers), len(self.attention_clean[0]) if self.attention_clean else 0)
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame([dict(layer=l, head=h, score=float(self.patched[a, h]), recovery=float(self.recovery[a, h]),
+                                  attention_to_audio_clean=self.attention_clean[a][h],
+                                  attention_to_audio_corrupted=self.attention_corrupted[a][h])
+                             for a, l in enumerate(self.layers) for h in range(self.patched.shape[1])])
+
+    def top_heads(self, k: int = 5) -> list[tuple[int, int, float]]:
+        rec = self.recovery.nan_to_num(-1e9)
+        order = rec.flatten().argsort(descending=True)[:k].tolist()
+        return [(self.layers[i // rec.shape[1]], i % rec.shape[1], float(rec.flatten()[i])) for i in order]
+
+    def summary(self) -> str:
+        where = self.settings.get("head_positions")
+        lines = self.header()
+        lines.append(f"restoring one head's z at {where} position(s): top heads (layer.head RR) "
+                     + ", ".join(f"{l}.{h} {r:.2f}" for l, h, r in self.top_heads()))
+        att = np.array(self.attention_clean)
+        a, h = divmod(int(att.argmax()), att.shape[1])
+        lines.append(f"most attention from the final position to the audio (clean): head {self.layers[a]}.{h} "
+                     f"({att[a, h]:.2f} of its pattern; corrupted {np.array(self.attention_corrupted)[a, h]:.2f})")
+        return "\n".join(lines)
+
+    def numbers(self) -> dict:
+        return dict(super().numbers(), top_heads=self.top_heads(), attention_clean=self.attention_clean,
+                    attention_corrupted=self.attention_corrupted)
+
+    def plot(self, ax=None, title: Optional[str] = None, value: str = "recovery"):
+        from lalm_lens.tracing.plots import plot_head_heatmaps
+
+        return plot_head_heatmaps(self, value=value, title=title or self.title(
+            f"restoring one head's z at {self.settings.get('head_positions')} position(s)"))
+
+
+RESULT_TYPES.update({"audio_time": TimeTrace, "heads": HeadTrace})
+
+
+def audio_time_trace(model, clean, corruption="silence", *, answer, metric=None, window_seconds: float = 0.5,
+                     states: str = "resid_post", layers=None, window: int = 1, engine="fast",
+                     min_effect: Optional[float] = None, **moved) -> TimeTrace:
+    """When in the clip: restore clean `states` of the audio positions in each time window, at each layer."""
+    refuse_moved(moved)
+    spec = TraceSpec(model, mode="layers", states=states, layers=layers, window=window, corruption=corruption,
+                     metric=metric, engine=engine, min_effect=min_effect)
+    windows = time_windows(clean, window_seconds)
+    L = model.cfg.n_layers
+    cells = lambda groups: [Cell(window_layers(l, spec.window, L), tuple(ps)) for l in spec.layers  # noqa: E731
+                            for _, _, ps in windows]
+    job, info, engine_used, base, patched = run_trace(model, spec, clean, answer, cells)
+    info["positions"] = [ps[0] for _, _, ps in windows]
+    fields = result_fields(model, spec, clean, job, info, base, engine_used)
+    fields["settings"]["window_seconds"] = window_seconds
+    result = TimeTrace(patched=patched.view(len(spec.layers), len(windows)), positions=info["positions"],
+                       token_labels=[f"{a:.2f}-{b:.2f} s" for a, b, _ in windows],
+                       windows=[[a, b] for a, b, _ in windows], window_positions=[ps for _, _, ps in windows],
+                       spectrogram=spectrogram(clean.waveform, clean.sampling_rate), **fields)
+    warn_if_ill_posed(result.checks, f"the audio-time trace of {result.answer!r}")
+    return result
+
+
+@torch.no_grad()
+def attention_to_audio(model, inputs: dict, final: int, audio: list[int], extra_hooks=()) -> list[list[float]]:
+    """Each head's attention mass from `final` to the `audio` positions, `[layer][head]` (mean over rows)."""
+    out = [None] * model.cfg.n_layers
+    idx = torch.tensor(audio, device=model.device)
+
+    def keep(pattern, hook):
+        out[int(hook.name.split(".")[1])] = pattern[:, :, final, idx].sum(-1).float().mean(0).tolist()
+
+    hooks = list(extra_hooks) + [(get_act_name("pattern", l), keep) for l in range(model.cfg.n_layers)]
+    model.run_with_hooks(inputs, fwd_hooks=hooks, return_type=None)
+    return out
+
+
+def head_trace(model, clean, corruption="silence", *, answer, metric=None, positions: str = "all", layers=None,
+               engine="fast", min_effect: Optional[float] = None, **moved) -> HeadTrace:
+    """Which heads: restore one head's attention output (`z`) at every position (`positions="all"`) or at
+    the final one (`"final"`), at each layer."""
+    refuse_moved(moved)
+    if positions not in ("all", "final"):
+        raise ValueError(f"positions must be 'all' or 'final', got {positions!r}")
+    spec = TraceSpec(model, mode="layers", states="z", layers=layers, corruption=corruption, metric=metric,
+                     engine=engine, min_effect=min_effect)
+    H = model.cfg.n_heads
+
+    def cells(groups):
+        where = tuple(range(len(groups))) if positions == "all" else (len(groups) - 1,)
+        return [Cell((l,), where, (h,)) for l in spec.layers for h in range(H)]
+
+    job, info, engine_used, base, patched = run_trace(model, spec, clean, answer, cells)
+    info["positions"] = list(job.cells[0].positions)
+    audio = [p for p, g in enumerate(info["groups"]) if g == "audio"]
+    fields = result_fields(model, spec, clean, job, info, base, engine_used)
+    fields["settings"]["head_positions"] = positions
+    all_layers = [attention_to_audio(model, job.clean, job.final, audio),
+                  attention_to_audio(model, job.corrupted.batch(), job.final, audio, job.corrupted.hooks())]
+    att = [[row[l] for l in spec.layers] for row in all_layers]
+    result = HeadTrace(patched=patched.view(len(spec.layers), H), positions=info["positions"],
+                       token_labels=[str(p) for p in info["positions"]], attention_clean=att[0],
+                       attention_corrupted=att[1], **fields)
+    warn_if_ill_posed(result.checks, f"the head trace of {result.answer!r}")
+    return result
