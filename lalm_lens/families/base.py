@@ -64,6 +64,12 @@ class Family:
     shard_filter: Optional[Callable[[str], bool]] = None  # read only the shards holding keys it accepts
     generation_folder: Callable[[Checkpoint, Any], Path] = lambda ckpt, hf_config: ckpt.folder  # generation_config.json
 
+    @classmethod
+    def from_conversion(cls, conversion, **fields) -> "Family":
+        """A family whose config builder, key table and absent list are those of a `weight_conversion` module."""
+        return cls(convert_config=conversion.convert_config, key_map=conversion.key_map, absent=conversion.ABSENT,
+                   **fields)
+
     def sources(self, ckpt: Checkpoint, config: LALMConfig, hf_config) -> list[WeightSource]:
         """Where the weights are: by default the checkpoint's own shards, read with `key_map`."""
         if self.weight_sources is not None:

@@ -27,3 +27,14 @@ def hf_reference(class_name: str, encoder: str = "model.audio_tower", drop: Sequ
         return original(**{k: v for k, v in inp.items() if k not in drop}, output_hidden_states=True)
 
     return Reference(load, encoder_layers, forward)
+
+
+def processor_prompts(builder):
+    """A family's `prompts`: `builder(processor, config)` over the folder's `AutoProcessor`, None without one."""
+    from lalm_lens.inputs.hf_processor import load_processor
+
+    def prompts(ckpt, config, hf_config):
+        processor = load_processor(ckpt.folder)
+        return builder(processor, config) if processor is not None else None
+
+    return prompts

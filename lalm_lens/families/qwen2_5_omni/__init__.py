@@ -30,12 +30,10 @@ def prompts(ckpt, config, hf_config):
     return OmniPrompts(processor, config) if processor is not None else None
 
 
-QWEN2_5_OMNI = Family(
+QWEN2_5_OMNI = Family.from_conversion(
+    conversion,
     name="qwen2_5_omni",
     model_types=("qwen2_5_omni", "qwen2_5_omni_thinker"),
-    convert_config=conversion.convert_config,
-    key_map=conversion.key_map,
-    absent=conversion.ABSENT,
     prompts=prompts,
     reference=REFERENCE,
     read_config=read_config,

@@ -8,22 +8,14 @@ checkpoint's own `Qwen2AudioProcessor` and chat template; checked against
 from __future__ import annotations
 
 from lalm_lens.families.base import Family
-from lalm_lens.families.hf import hf_reference
-from lalm_lens.inputs.hf_processor import HFProcessorPrompts, load_processor
+from lalm_lens.families.hf import hf_reference, processor_prompts
+from lalm_lens.inputs.hf_processor import HFProcessorPrompts
 from weight_conversion import qwen2_audio as conversion
 
-
-def prompts(ckpt, config, hf_config):
-    processor = load_processor(ckpt.folder)
-    return HFProcessorPrompts(processor, config) if processor is not None else None
-
-
-QWEN2_AUDIO = Family(
+QWEN2_AUDIO = Family.from_conversion(
+    conversion,
     name="qwen2_audio",
     model_types=("qwen2_audio",),
-    convert_config=conversion.convert_config,
-    key_map=conversion.key_map,
-    absent=conversion.ABSENT,
-    prompts=prompts,
+    prompts=processor_prompts(HFProcessorPrompts),
     reference=hf_reference("Qwen2AudioForConditionalGeneration"),
 )

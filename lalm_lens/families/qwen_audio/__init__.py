@@ -19,12 +19,10 @@ def load_reference(ckpt, hf_config, dtype, device):
     return build(ckpt, dtype=dtype, device=device)
 
 
-QWEN_AUDIO = Family(
+QWEN_AUDIO = Family.from_conversion(
+    conversion,
     name="qwen_audio",
     model_types=("qwen",),
-    convert_config=conversion.convert_config,
-    key_map=conversion.key_map,
-    absent=conversion.ABSENT,
     prompts=lambda ckpt, config, hf_config: QwenAudioPrompts.from_folder(ckpt.folder, config),
     reference=Reference(load_reference, lambda ref: list(ref.encoder.layers), lambda ref, inp: ref(**inp)),
     read_config=lambda ckpt: conversion.config_from_dict(ckpt.config(), str(ckpt.folder / "config.json")),

@@ -7,23 +7,14 @@ Conversion in `weight_conversion/voxtral.py`; prompts through `mistral_common`
 from __future__ import annotations
 
 from lalm_lens.families.base import Family
-from lalm_lens.families.hf import hf_reference
+from lalm_lens.families.hf import hf_reference, processor_prompts
 from lalm_lens.families.voxtral.prompts import VoxtralPrompts
-from lalm_lens.inputs.hf_processor import load_processor
 from weight_conversion import voxtral as conversion
 
-
-def prompts(ckpt, config, hf_config):
-    processor = load_processor(ckpt.folder)
-    return VoxtralPrompts(processor, config) if processor is not None else None
-
-
-VOXTRAL = Family(
+VOXTRAL = Family.from_conversion(
+    conversion,
     name="voxtral",
     model_types=("voxtral",),
-    convert_config=conversion.convert_config,
-    key_map=conversion.key_map,
-    absent=conversion.ABSENT,
-    prompts=prompts,
+    prompts=processor_prompts(VoxtralPrompts),
     reference=hf_reference("VoxtralForConditionalGeneration", drop=("feature_attention_mask",)),
 )
