@@ -34,41 +34,44 @@ def layers(model, cache, hidden_states, mask=None) -> float:
 
 @torch.no_grad()
 def main() -> None:
-    from transformers import Qwen2AudioForConditionalGeneration, VoxtralForConditionalGeneration
+    from tests.tiny_af3 import save_af3
+    from tests.tiny_omni import save_omni_thinker
 
     root = Path(tempfile.mkdtemp())
-    hf = lambda cls: (lambda f, dtype: cls.from_pretrained(f, dtype=dtype).eval())  # noqa: E731
-    families = [
-        ("Qwen2-Audio (GQA LM)", tm.save_qwen2_audio(root / "a", n_kv_heads=2), {}, hf(Qwen2AudioForConditionalGeneration)),
-        ("Qwen2-Audio (MHA LM)", tm.save_qwen2_audio(root / "b", n_kv_heads=4, seed=1), {},
-         hf(Qwen2AudioForConditionalGeneration)),
-        ("Voxtral", tm.save_voxtral(root / "c", head_dim=24), {}, hf(VoxtralForConditionalGeneration)),
-        ("DeSTA2.5", tm.save_desta(root / "d"), {"transcript": "hello world"}, tm.reference_of),
-        ("DeSTA2", tm.save_desta2(root / "e"), {"transcript": " hello world"}, tm.reference_of),
-        ("Qwen-Audio v1", tm.save_qwen_audio(root / "f"), {}, tm.reference_of),
+    families = [  # (name, folder, prepare keywords); the original is the family's registered reference
+        ("Qwen2-Audio (GQA LM)", tm.save_qwen2_audio(root / "a", n_kv_heads=2), {}),
+        ("Qwen2-Audio (MHA LM)", tm.save_qwen2_audio(root / "b", n_kv_heads=4, seed=1), {}),
+        ("Voxtral", tm.save_voxtral(root / "c", head_dim=24), {}),
+        ("DeSTA2.5", tm.save_desta(root / "d"), {"transcript": "hello world"}),
+        ("DeSTA2", tm.save_desta2(root / "e"), {"transcript": " hello world"}),
+        ("Qwen-Audio v1", tm.save_qwen_audio(root / "f"), {}),
+        ("Audio Flamingo 3", save_af3(root / "g"), {}),
+        ("Qwen2.5-Omni thinker", save_omni_thinker(root / "h"), {}),
     ]
     print(f"{'family':22s} {'case':34s} {'max |Δlogits|':>14s} {'worst layer':>12s}")
-    for name, folder, extra, load in families:
-        ours, ref = HookedLALM.from_pretrained(folder, device="cpu"), load(folder, torch.float32)
+    for name, folder, extra in families:
+        ours = HookedLALM.from_pretrained(folder, device="cpu")
+        ref, forward = tm.reference_of(folder), ours.family.reference.forward
         cases = [("one clip (3 s)", [tm.clip(3.0)], [tm.PROMPT]),
                  ("batch 2 s + 4.5 s, padded", [tm.clip(2.0, seed=1), tm.clip(4.5, seed=2)], [tm.PROMPT, "Describe the audio."])]
-        if name == "Voxtral":
-            cases.append(("45 s (two 30 s chunks)", [tm.clip(45.0, seed=3)], [tm.PROMPT]))
+        if name in ("Voxtral", "Audio Flamingo 3"):
+            cases.append(("45 s (two 30 s windows)", [tm.clip(45.0, seed=3)], [tm.PROMPT]))
         for label, audio, prompts in cases:
             kw = {k: [v] * len(prompts) for k, v in extra.items()}
             inp = ours.prepare(audio, prompts, sampling_rate=16000, **kw)
             logits, cache = ours.run_with_cache(inp)
-            out = ref(**inp, output_hidden_states=True) if not extra and name != "Qwen-Audio v1" else ref(**inp)
+            out = forward(ref, inp)
             mask = inp["attention_mask"] if len(prompts) > 1 else None
             worst = layers(ours, cache, out.hidden_states, mask)
             print(f"{name:22s} {label:34s} {diff(logits, out.logits, mask):14.2e} {worst:12.2e}")
-        if not extra and name not in ("Qwen-Audio v1",):
+        if not extra and name != "Qwen-Audio v1":
             inp = ours.prepare(None, tm.PROMPT)
-            print(f"{name:22s} {'text only':34s} {diff(ours(inp), ref(**inp).logits):14.2e}")
-        ours16, ref16 = HookedLALM.from_pretrained(folder, device="cpu", dtype=torch.bfloat16), load(folder, torch.bfloat16)
+            print(f"{name:22s} {'text only':34s} {diff(ours(inp), forward(ref, inp).logits):14.2e}")
+        ours16, ref16 = HookedLALM.from_pretrained(folder, device="cpu", dtype=torch.bfloat16), tm.reference_of(
+            folder, torch.bfloat16)
         inp = ours.prepare([tm.clip(3.0)], [tm.PROMPT], sampling_rate=16000, **{k: [v] for k, v in extra.items()})
         truth = ours(inp)
-        a, b = ours16(inp), ref16(**inp).logits
+        a, b = ours16(inp), forward(ref16, inp).logits
         print(f"{name:22s} {'bfloat16 (ours vs original)':34s} {diff(a, b):14.2e}   "
               f"(vs float32: ours {diff(a, truth):.2e}, original {diff(b, truth):.2e}; max |logit| {truth.abs().max():.2f})")
 

@@ -40,14 +40,16 @@ def check(name, fn):
 
 def families(root: Path):
     """(name, folder, prepare kwargs, reference loader) for each family's tiny checkpoint."""
-    from transformers import Qwen2AudioForConditionalGeneration, VoxtralForConditionalGeneration
+    from tests.tiny_af3 import save_af3
+    from tests.tiny_omni import save_omni_thinker
 
-    hf = lambda cls: (lambda folder, dtype, dev: cls.from_pretrained(folder, dtype=dtype).to(dev).eval())  # noqa: E731
-    return [
-        ("qwen2_audio", tm.save_qwen2_audio(root / "q2a"), {}, hf(Qwen2AudioForConditionalGeneration)),
-        ("voxtral", tm.save_voxtral(root / "vox", head_dim=24), {}, hf(VoxtralForConditionalGeneration)),
+    return [  # the originals: each family's registered reference
+        ("qwen2_audio", tm.save_qwen2_audio(root / "q2a"), {}, tm.reference_of),
+        ("voxtral", tm.save_voxtral(root / "vox", head_dim=24), {}, tm.reference_of),
         ("desta25", tm.save_desta(root / "desta"), {"transcript": "hello world"}, tm.reference_of),
         ("qwen_audio", tm.save_qwen_audio(root / "qa"), {}, tm.reference_of),
+        ("audio_flamingo3", save_af3(root / "af3"), {}, tm.reference_of),
+        ("qwen2_5_omni", save_omni_thinker(root / "omni"), {}, tm.reference_of),
     ]
 
 
@@ -65,7 +67,7 @@ def main() -> int:
                 ref = load_ref(folder, dtype, dev)
                 inp = ours.prepare([tm.clip(2.0, seed=1), tm.clip(3.5, seed=2)], [tm.PROMPT, tm.PROMPT],
                                    sampling_rate=16000, **({k: [v, v] for k, v in extra.items()})).to(dev)
-                a, b = ours(inp), ref(**inp).logits
+                a, b = ours(inp), ours.family.reference.forward(ref, inp).logits
                 mask = inp["attention_mask"].bool()
                 diff = (a.float() - b.float()).abs()[mask].max().item()
                 bound = tol if dtype == torch.float32 else tol * b.float().abs().max().item()

@@ -213,3 +213,9 @@ def check_same_layout(clean: Mapping, corrupted: Mapping) -> None:
         )
     if a.shape[0] != 1:
         raise ValueError(f"trace one item at a time (got a batch of {a.shape[0]}); use trace_dataset for many")
+
+
+def make_corruption(*args, **kwargs):
+    """Removed in 0.2: corruptions are values now."""
+    raise TypeError("make_corruption() was replaced by corruption values: use Silence(), GaussianNoise(scale, n_samples, "
+                    "seed), WhiteNoise(snr_db, seed) or Swap(audio), and `value.apply(model, clean)` for the run")
