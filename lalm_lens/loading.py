@@ -88,5 +88,5 @@ def load_pretrained(
     if model.prompts is not None:
         model.processor = model.prompts.processor
         model.tokenizer = model.prompts.tokenizer
-    model.name_or_path = str(name_or_path)
+    model.name_or_path = str(ckpt.folder) if isinstance(name_or_path, Checkpoint) else str(name_or_path)
     return model

@@ -9,7 +9,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from lalm_lens.tracing.results import describe_curve, first_reaching
+from lalm_lens.tracing.results import FLAT, describe_curve, first_reaching
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
@@ -23,6 +23,17 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: f
     boots = np.nanmean(values[idx], axis=1)
     alpha = (1 - level) / 2
     return mean, np.nanquantile(boots, alpha, axis=0), np.nanquantile(boots, 1 - alpha, axis=0)
+
+
+def _num(x: float) -> str:
+    return f"{x:.2f}".replace("-0.00", "0.00")
+
+
+def _ci(mean, lo, hi, best) -> str:
+    """The peak's 95% CI, or nothing for a flat curve (whose "peak" means nothing)."""
+    if np.nanmax(mean) - np.nanmin(mean) < FLAT:
+        return ""
+    return f" (95% CI at that layer {_num(lo[best])} to {_num(hi[best])})"
 
 
 @dataclass
@@ -70,12 +81,12 @@ class DatasetResult:
         if self.mode == "layers":
             layers, mean, lo, hi = self.layer_curve()
             best = int(np.nanargmax(mean))
-            text.append(f"{describe_curve(mean, layers)} (95% CI {lo[best]:.2f} to {hi[best]:.2f}); first layer "
+            text.append(f"{describe_curve(mean, layers)}{_ci(mean, lo, hi, best)}; first layer "
                         f"with mean RR >= 0.5: {first_reaching(mean, layers)}")
         else:
             for g, (layers, mean, lo, hi) in self.group_curves().items():
                 best = int(np.nanargmax(mean))
-                text.append(f"{g}: {describe_curve(mean, layers)} (95% CI {lo[best]:.2f} to {hi[best]:.2f})")
+                text.append(f"{g}: {describe_curve(mean, layers)}{_ci(mean, lo, hi, best)}")
         return "\n".join(text)
 
     def mean_token_trace(self):

@@ -208,6 +208,8 @@ class TraceResult:
     def title(self, base: str) -> str:
         """A figure title: model, answer, corruption, state; the ill-posed flag on a line of its own."""
         model = self.settings.get("model")
+        if model and Path(model).is_absolute():
+            model = Path(model).name  # a local folder: its name (hub ids stay whole)
         parts = [p for p in (model, f"answer {self.answer!r}", self.settings.get("corruption_kind"), base) if p]
         title = " · ".join(parts)
         return title + ("\n" + self.checks.describe() if self.ill_posed else "")
@@ -253,7 +255,7 @@ def describe_curve(values, layers, axis: str = "layer") -> str:
         return "RR undefined (clean and corrupted scores are equal)"
     lo, hi = np.nanmin(values), np.nanmax(values)
     if hi - lo < FLAT:
-        return f"flat: RR between {lo:.2f} and {hi:.2f} at every {axis}"
+        return f"flat: RR between {lo:.2f} and {hi:.2f} at every {axis}".replace("-0.00", "0.00")
     top = [l for l, v in zip(layers, values) if np.isfinite(v) and v >= hi - 1e-3]
     where = f"{axis} {top[0]}" if len(top) == 1 else f"{axis}s {', '.join(map(str, top))} (tied)"
     return f"max RR {hi:.2f} at {where}"
