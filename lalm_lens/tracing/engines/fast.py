@@ -223,8 +223,10 @@ class SuffixBatch:
         """`[rows, 1, suffix, prefix + suffix]`: a row sees its own prefix slots and, causally, its suffix."""
         dev, P, S = model.device, self.prefix_len, self.width
         q, slots = torch.arange(S, device=dev), torch.arange(P, device=dev)
-        per_group = {}
+        per_start: dict[tuple[int, int], Tensor] = {}  # groups of one item and first position share a mask
         for g in self.groups:
+            if (g.item, g.i0) in per_start:
+                continue
             item = runs[g.item]
             valid = item.key_valid if item.key_valid is not None else torch.ones(item.length, dtype=torch.bool, device=dev)
             q_abs, k_abs = g.i0 + q, torch.cat([slots, g.i0 + q])
@@ -232,8 +234,8 @@ class SuffixBatch:
             ok = (k_abs[None, :] <= q_abs[:, None]) & k_ok[None, :]
             if model.cfg.sliding_window is not None:
                 ok &= (q_abs[:, None] - k_abs[None, :]) < model.cfg.sliding_window
-            per_group[id(g)] = ok
-        allowed = torch.stack([per_group[id(g)] for g in row_groups])
+            per_start[(g.item, g.i0)] = ok
+        allowed = torch.stack([per_start[(g.item, g.i0)] for g in row_groups])
         dtype = runs[0].resid_pre[0].dtype
         bias = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
         return bias[:, None]
