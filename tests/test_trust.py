@@ -270,3 +270,26 @@ def test_save_by_extension(result, tmp_path):
     assert len(frame) == len(result.layers) * len(result.positions) and "recovery" in frame
     with pytest.raises(ValueError, match="use .json, .npz or .csv"):
         result.save(tmp_path / "r.txt")
+
+
+def test_a_batch_is_refused_before_any_work(qwen2_audio, no_forward):
+    batch = qwen2_audio.prepare([clip(1.0), clip(1.5)], [PROMPT, PROMPT], sampling_rate=16000)
+    with pytest.raises(ValueError, match="trace one item at a time"):
+        causal_trace(qwen2_audio, batch, answer=5)
+
+
+def test_hooks_below_the_traced_layers_are_honoured_without_falling_back(qwen2_audio, item):
+    """A user hook on block 0 while tracing layer 1: the fast engine keeps it (its corrupted run has it)."""
+    model = qwen2_audio
+    kw = dict(answer=item.meta["top"], mode="tokens", layers=[1], positions=positions_of(item))
+    model.add_hook("blocks.0.hook_resid_post", scale(0.6))
+    try:
+        ref = causal_trace(model, item, engine="reference", **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # no fallback warning
+            warnings.simplefilter("ignore", IllPosedTraceWarning)
+            fast = causal_trace(model, item, **kw)
+    finally:
+        model.reset_hooks(including_permanent=True)
+    assert fast.settings["engine"]["name"] == "fast"
+    assert (ref.patched - fast.patched).abs().max().item() <= 1e-5

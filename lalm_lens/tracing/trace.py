@@ -86,6 +86,9 @@ class TraceSpec:
 def prepare_job(model, spec: TraceSpec, clean: Mapping, answer, cells=None) -> tuple[TraceJob, dict]:
     """Everything an engine needs for one item (the corruption built, cells chosen — or `cells(groups)`
     for a sweep of its own), and the labels."""
+    if clean["input_ids"].ndim != 2 or clean["input_ids"].shape[0] != 1:
+        raise ValueError(f"trace one item at a time (got input_ids of shape {tuple(clean['input_ids'].shape)}); "
+                         "use trace_dataset for many")
     answer_id, answer_label = answer_token(model, clean, answer)
     groups = input_groups(model, clean)
     positions = check_indices(spec.positions, len(groups), "position(s)", non_audio_positions(groups))
