@@ -53,7 +53,7 @@ class BlockConfig(TransformerLensConfig):
 class EncoderConfig(BlockConfig):
     """Whisper-style audio encoder: conv stem, positions, blocks, pool, norm.
 
-    `kind` names the encoder class (`lalm_lens.components.audio_encoder.ENCODERS`):
+    `kind` names the encoder class (`lalm_lens.components.encoders.ENCODERS`):
     "whisper" encodes whole 30 s windows with no mask (Voxtral, DeSTA), "padded"
     crops padded frames and masks them as keys (Qwen2-Audio, Audio Flamingo 3),
     "qwen_audio" crops at the clip's own length (Qwen-Audio v1), "chunked" attends

@@ -68,15 +68,18 @@ class Checkpoint:
 
 
 def resolve_checkpoint(name_or_path: Union[str, Path, Checkpoint]) -> Checkpoint:
-    """A checkpoint from a folder, "demo" (the bundled model), or a hub id (its small files fetched now)."""
+    """A checkpoint from a folder, "demo" or "demo-letters" (the bundled models), or a hub id (its small
+    files fetched now)."""
     if isinstance(name_or_path, Checkpoint):
         return name_or_path
-    if str(name_or_path) == "demo":
-        from lalm_lens.demo import DEMO_DIR
+    if str(name_or_path) in ("demo", "demo-letters"):
+        from lalm_lens.demo import DEMO_DIR, DEMO_LETTERS_DIR
 
-        if not (DEMO_DIR / "config.json").is_file():
-            raise CheckpointError(f"the demo model is missing from {DEMO_DIR}; rebuild it with python -m lalm_lens.demo.train")
-        return Checkpoint(DEMO_DIR)
+        folder, task = (DEMO_DIR, "") if str(name_or_path) == "demo" else (DEMO_LETTERS_DIR, " --task letters")
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"the {name_or_path} model is missing from {folder}; rebuild it with "
+                                  f"python -m lalm_lens.demo.train{task} --out {folder}")
+        return Checkpoint(folder)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return Checkpoint(path)

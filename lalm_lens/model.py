@@ -21,7 +21,7 @@ from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
-from lalm_lens.components.audio_encoder import build_encoder
+from lalm_lens.components.encoders import build_encoder
 from lalm_lens.components.block import TransformerBlock, make_norm
 from lalm_lens.components.embed import Embed
 from lalm_lens.components.kv_cache import KVCache

@@ -105,3 +105,23 @@ def test_bfloat16_is_as_close_to_float32_as_the_reference(qwen_audio_dir, qa, re
     ours_err = max_diff(ours16(inp), truth)
     ref_err = max_diff(ref16(**inp).logits, truth)
     assert ours_err <= 1.25 * ref_err and ours_err <= 0.1 * truth.abs().max().item()
+
+
+def test_reference_is_built_without_random_init_in_the_target_dtype(qwen_audio_dir, monkeypatch):
+    """One copy of the weights, already in the target dtype: no module is initialised randomly in memory first
+    (initialisers may run on the meta device, where they allocate and compute nothing)."""
+    import torch.nn.init as init
+
+    def guard(original):
+        def init_fn(tensor, *args, **kwargs):
+            if not tensor.is_meta:
+                raise AssertionError(f"the reference initialised a {tuple(tensor.shape)} weight in memory")
+            return original(tensor, *args, **kwargs)
+        return init_fn
+
+    for name in ("normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_", "trunc_normal_", "zeros_", "ones_"):
+        monkeypatch.setattr(init, name, guard(getattr(init, name)))
+    ref16 = reference_of(qwen_audio_dir, dtype=torch.bfloat16, device="cpu")
+    dtypes = {p.dtype for p in ref16.parameters()}
+    assert dtypes == {torch.bfloat16}
+    assert not any(p.is_meta for p in ref16.parameters())

@@ -51,3 +51,23 @@ def test_console_script_is_installed():
     exe = shutil.which("lalm-lens") or str(Path(sys.executable).with_name("lalm-lens"))
     result = subprocess.run([exe, "verify", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--dtype" in result.stdout
+
+
+def test_verify_caches_only_the_states_it_compares(qwen2_audio_dir, monkeypatch):
+    """A 32-layer encoder's attention patterns would take ~15 GiB per 30 s chunk: verify must not cache them."""
+    from lalm_lens.model import HookedLALM
+
+    cached: list[set[str]] = []
+    original = HookedLALM.run_with_cache
+
+    def spy(self, *args, **kwargs):
+        logits, cache = original(self, *args, **kwargs)
+        cached.append(set(cache.keys()))
+        return logits, cache
+
+    monkeypatch.setattr(HookedLALM, "run_with_cache", spy)
+    report = lalm_lens.verify(str(qwen2_audio_dir), device="cpu")
+    assert report.passed and len(cached) == 1
+    expected = {f"blocks.{i}.hook_resid_pre" for i in range(2)} | {"blocks.1.hook_resid_post", "hook_audio_embeds"}
+    expected |= {f"audio_encoder.blocks.{i}.hook_resid_post" for i in range(2)}
+    assert cached[0] == expected

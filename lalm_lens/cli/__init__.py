@@ -47,8 +47,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CLIError(f"-n must be at least 1, got {args.n}")
     check_writable(args.out)
-    path = write_demo_dataset(args.out, n=args.n, seed=args.seed)
-    print(f"wrote {args.n} items to {path}")
+    path = write_demo_dataset(args.out, n=args.n, seed=args.seed, task=args.task)
+    print(f"wrote {args.n} {args.task} items to {path}")
     return 0
 
 
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="folder for items.jsonl and the clips")
     g.add_argument("-n", type=int, default=200, help="number of items")
     g.add_argument("--seed", type=int, default=1234, help="seed of the synthesized items")
+    g.add_argument("--task", default="attributes", choices=["attributes", "letters"],
+                   help="attributes: answered by the attribute word (model demo); letters: shuffled options "
+                        "answered by letter (model demo-letters)")
     g.set_defaults(func=cmd_demo_data)
     return parser
 

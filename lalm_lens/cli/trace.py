@@ -70,10 +70,10 @@ def _answer(value):
 
 
 def load_item(args: argparse.Namespace, out: Path):
-    """The model and the prepared item (a synthesized demo clip when `--model demo` has no `--audio`);
-    the audio files are checked before the model loads."""
+    """The model and the prepared item (a synthesized demo clip when `--model demo` or `demo-letters` has no
+    `--audio`); the audio files are checked before the model loads."""
     audio, prompt, answer, options, prefix = args.audio, args.prompt, args.answer, args.options, args.answer_prefix
-    demo = args.model == "demo" and audio is None
+    demo = args.model in ("demo", "demo-letters") and audio is None
     if not demo:
         missing = [name for name, v in (("--audio", audio), ("--prompt", prompt), ("--answer", answer)) if v is None]
         if missing:
@@ -85,7 +85,8 @@ def load_item(args: argparse.Namespace, out: Path):
     if demo:
         from lalm_lens.demo import demo_example
 
-        audio, prompt, answer, options, prefix = demo_example(out / "demo_clip.wav", seed=args.seed)
+        task = "letters" if args.model == "demo-letters" else "attributes"
+        audio, prompt, answer, options, prefix = demo_example(out / "demo_clip.wav", seed=args.seed, task=task)
         print(f"demo clip: {out / 'demo_clip.wav'}\nprompt: {prompt}\nanswer prefix: {prefix!r}; "
               f"expected answer: {answer!r}")
     extra = {"transcript": args.transcript} if args.transcript is not None else {}

@@ -8,7 +8,7 @@ final LayerNorm. Hooks (all `[batch, pos, d_model]`): `hook_conv1`,
 
 The families differ in which frames are encoded and which keys a frame may
 see; each difference is a subclass overriding one step (`frame_layout`,
-`attention_mask`), chosen once by `EncoderConfig.kind` (`ENCODERS`):
+`attention_mask`), chosen once by `EncoderConfig.kind` (`encoders.ENCODERS`):
 - `AudioEncoder`: whole 30 s windows, every frame sees every frame (Voxtral, DeSTA);
 - `PaddedAudioEncoder`: padded frames cropped and masked as keys (Qwen2-Audio, Audio Flamingo 3);
 - `QwenAudioEncoder`: the same, cropped at the clip's own length (Qwen-Audio v1).
@@ -168,18 +168,3 @@ class QwenAudioEncoder(PaddedAudioEncoder):
     """Qwen-Audio v1 crops the mel at twice the longest clip's conv length itself."""
 
     crop_extra = 0
-
-
-ENCODERS: dict[str, type[AudioEncoder]] = {
-    "whisper": AudioEncoder, "padded": PaddedAudioEncoder, "qwen_audio": QwenAudioEncoder,
-}
-
-
-def build_encoder(cfg: EncoderConfig) -> AudioEncoder:
-    if cfg.kind == "chunked":  # Qwen2.5-Omni; imported here, as it subclasses AudioEncoder
-        from lalm_lens.components.chunked_audio_encoder import ChunkedAudioEncoder
-
-        return ChunkedAudioEncoder(cfg)
-    if cfg.kind not in ENCODERS:
-        raise ValueError(f"unknown encoder kind {cfg.kind!r}; known: {sorted(ENCODERS)}")
-    return ENCODERS[cfg.kind](cfg)

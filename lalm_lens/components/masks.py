@@ -13,6 +13,26 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 
+def allowed_keys(
+    q_idx: Int[Tensor, "q"], k_idx: Int[Tensor, "k"], *, causal: bool, sliding_window: Optional[int] = None
+) -> Optional[Bool[Tensor, "q k"]]:
+    """Which keys (at sequence indices `k_idx`) each query (at `q_idx`) may see: the one place the causal and
+    sliding-window rules live (the fast tracing engine uses it for its prefix + suffix keys too)."""
+    if not causal and sliding_window is None:
+        return None
+    delta = q_idx[:, None] - k_idx[None, :]
+    allowed = delta >= 0 if causal else torch.ones_like(delta, dtype=torch.bool)
+    if sliding_window is not None:
+        allowed = allowed & (delta < sliding_window)
+    return allowed
+
+
+def additive(allowed: Bool[Tensor, "..."], dtype: torch.dtype) -> Tensor:
+    """0 where allowed, the dtype's most negative finite value where not."""
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
 def attention_bias(
     q_positions: Int[Tensor, "q"],
     k_len: int,
@@ -28,21 +48,13 @@ def attention_bias(
     first query sits at the cache length). Returns None when nothing is masked.
     """
     device = q_positions.device
-    allowed = None
-    if causal or sliding_window is not None:
-        k_idx = torch.arange(k_len, device=device)
-        delta = q_positions[:, None] - k_idx[None, :]
-        allowed = delta >= 0 if causal else torch.ones_like(delta, dtype=torch.bool)
-        if sliding_window is not None:
-            allowed = allowed & (delta < sliding_window)
-        allowed = allowed[None, None]
+    allowed = allowed_keys(q_positions, torch.arange(k_len, device=device), causal=causal,
+                           sliding_window=sliding_window)
+    allowed = None if allowed is None else allowed[None, None]
     if key_valid is not None and not bool(key_valid.all()):
         padding = key_valid[:, None, None, :].to(device)
         allowed = padding if allowed is None else allowed & padding
-    if allowed is None:
-        return None
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return None if allowed is None else additive(allowed, dtype)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,18 @@
-"""Procedural sounds and SAKURA-style questions for the demo model (numpy only, seeded).
+"""Procedural sounds and SAKURA-style questions for the demo models (numpy only, seeded).
 
 Every clip has three attributes — pitch, pattern, loudness — and each
 question asks about one of them, so the same clip answers differently depending
 on what is asked: the model must fuse the question with the sound.
+
+Two tasks: `attributes` answers with the attribute word ("The pitch is" -> "low");
+`letters` lists the options in a per-item shuffled order behind letters and
+answers with the letter ("The answer is" -> "B"), so the model must bind what it
+heard to a position in the prompt.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -98,10 +103,78 @@ def make_examples(n: int, seed: int) -> list[Example]:
     return out
 
 
-def vocabulary() -> list[str]:
-    """Every word the demo's prompts and answers use."""
+def vocabulary(task: str = "attributes") -> list[str]:
+    """Every word the prompts and answers of `task` use."""
     from lalm_lens.toy import words_of
 
+    if task == "letters":
+        texts = [letter_prompt(a, ATTRIBUTES[a]["options"], reply) + " " + LETTER_PREFIX
+                 for a in ATTRIBUTES for reply in ("letter", "word")]
+        return words_of(texts + [" ".join(LETTERS)])
     texts = [prompt_for(a) + " " + ATTRIBUTES[a]["prefix"] + " " + " ".join(ATTRIBUTES[a]["options"])
              for a in ATTRIBUTES]
     return words_of(texts)
+
+
+# ---------------------------------------------------------------- the letter task
+LETTERS = ("A", "B", "C")
+LETTER_PREFIX = "The answer is"
+
+
+def letter_prompt(attribute: str, order, reply: str = "letter") -> str:
+    """The question with the options in `order` behind letters: "... Options: A. high B. low C. middle. ..."."""
+    listed = " ".join(f"{letter}. {word}" for letter, word in zip(LETTERS, order))
+    return f"{ATTRIBUTES[attribute]['question']} Options: {listed}. Answer with the {reply}."
+
+
+@dataclass
+class LetterExample(Example):
+    """A multiple-choice item: the options of the attribute asked, shuffled; the answer is a letter.
+
+    `options` are the option words (they locate the option list, the `object`
+    token group, in the prompt); `letters` the letters they stand behind.
+    `reply="word"` asks for the option word instead (a training aid).
+    """
+
+    order: tuple[str, ...] = ()
+    reply: str = "letter"
+
+    @property
+    def question(self) -> str:
+        return letter_prompt(self.asked, self.order, self.reply)
+
+    @property
+    def answer(self) -> str:
+        word = self.attributes[self.asked]
+        return word if self.reply == "word" else LETTERS[self.order.index(word)]
+
+    @property
+    def answer_prefix(self) -> str:
+        return LETTER_PREFIX
+
+    @property
+    def options(self) -> list[str]:
+        return list(self.order)
+
+
+def shuffled_options(attribute: str, rng: np.random.Generator) -> tuple[str, ...]:
+    return tuple(str(w) for w in rng.permutation(ATTRIBUTES[attribute]["options"]))
+
+
+def make_letter_examples(n: int, seed: int) -> list[LetterExample]:
+    """`n` letter items; the attribute asked cycles evenly, the clip and the option order are random."""
+    rng = np.random.default_rng(seed)
+    names = list(ATTRIBUTES)
+    out = []
+    for i in range(n):
+        attrs = random_attributes(rng)
+        asked = names[i % len(names)]
+        out.append(LetterExample(attrs, asked, synthesize(attrs, rng), shuffled_options(asked, rng)))
+    return out
+
+
+def ask(example: Example, attribute: str, rng: np.random.Generator) -> Example:
+    """The same clip asked about `attribute` (a letter item gets a fresh option order)."""
+    if isinstance(example, LetterExample):
+        return replace(example, asked=attribute, order=shuffled_options(attribute, rng))
+    return replace(example, asked=attribute)

@@ -99,7 +99,8 @@ def as_items(items) -> list[Item]:
 
 
 def item_record(item: Item) -> dict[str, Any]:
-    return dict(id=item.id, audio=str(item.audio), answer=item.answer, **item.meta)
+    return dict(id=item.id, audio=str(item.audio), question=item.question, options=item.options,
+                answer=item.answer, answer_prefix=item.answer_prefix, **item.meta)
 
 
 @dataclass

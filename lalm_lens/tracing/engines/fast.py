@@ -29,7 +29,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
 from lalm_lens.components.kv_cache import KVCache, PrefixKV
-from lalm_lens.components.masks import LMContext
+from lalm_lens.components.masks import LMContext, additive, allowed_keys
 from lalm_lens.tracing.cells import Cell
 from lalm_lens.tracing.engines.answer_layer import SAFE_STATES, answer_only
 from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, restore_index, score_of
@@ -231,14 +231,10 @@ class SuffixBatch:
             valid = item.key_valid if item.key_valid is not None else torch.ones(item.length, dtype=torch.bool, device=dev)
             q_abs, k_abs = g.i0 + q, torch.cat([slots, g.i0 + q])
             k_ok = torch.cat([(slots < g.i0) & _pad_to(valid[: g.i0], P, 0), _pad_to(valid[g.i0:], S, 0)])
-            ok = (k_abs[None, :] <= q_abs[:, None]) & k_ok[None, :]
-            if model.cfg.sliding_window is not None:
-                ok &= (q_abs[:, None] - k_abs[None, :]) < model.cfg.sliding_window
-            per_start[(g.item, g.i0)] = ok
+            causal = allowed_keys(q_abs, k_abs, causal=True, sliding_window=model.cfg.sliding_window)
+            per_start[(g.item, g.i0)] = causal & k_ok[None, :]
         allowed = torch.stack([per_start[(g.item, g.i0)] for g in row_groups])
-        dtype = runs[0].resid_pre[0].dtype
-        bias = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
-        return bias[:, None]
+        return additive(allowed, runs[0].resid_pre[0].dtype)[:, None]
 
     def prefix(self, runs: list[ItemRuns], n_rows: int) -> PrefixKV:
         """Prefix keys/values (every layer) of the first `n_rows` rows."""
