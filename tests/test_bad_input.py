@@ -215,6 +215,7 @@ def test_transformers5_key_layout_loads(qwen2_audio_dir, qwen2_audio, tmp_path):
 
 @pytest.mark.parametrize("case, message", [
     ("nan", r"model.safetensors holds NaN or infinite values in 'language_model.model.layers.0.mlp.up_proj.weight'"),
+    ("inf", r"model.safetensors holds NaN or infinite values in 'language_model.model.layers.0.mlp.up_proj.weight'"),
     ("int", r"model.safetensors holds 'language_model.model.layers.0.mlp.up_proj.weight' as torch.int32"),
 ])
 def test_bad_weight_values_are_named(qwen2_audio_dir, tmp_path, case, message):
@@ -223,8 +224,8 @@ def test_bad_weight_values_are_named(qwen2_audio_dir, tmp_path, case, message):
     folder = copy_checkpoint(qwen2_audio_dir, tmp_path / "m")
     weights = load_file(folder / "model.safetensors")
     key = "language_model.model.layers.0.mlp.up_proj.weight"
-    if case == "nan":
-        weights[key][3, 5] = float("nan")
+    if case in ("nan", "inf"):
+        weights[key][3, 5] = float(case)
     else:
         weights[key] = torch.zeros(weights[key].shape, dtype=torch.int32)
     save_file(weights, folder / "model.safetensors")

@@ -44,6 +44,15 @@ def test_unwritable_out_before_loading(tmp_path, capsys, no_model):
     assert "--out" in line and "cannot write there" in line
     assert main(["trace-dataset", "--items", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "no such file" in error_line(capsys)
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps(dict(id="a", audio="a.wav", question="q?", answer="x")) + "\n")
+    assert main(["trace-dataset", "--items", str(items), "--out", str(blocker / "sub")]) == 2
+    line = error_line(capsys)
+    assert "--out" in line and "cannot write there" in line
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert main(["trace-dataset", "--items", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "no usable item" in error_line(capsys)
 
 
 def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
@@ -113,3 +122,45 @@ def test_lens_command(tmp_path):
     assert main(["lens", "--out", str(tmp_path), "--device", "cpu", "--top-k", "3"]) == 0
     lens = LensResult.load(tmp_path / "lens.json")
     assert len(lens.clean_top[0]) == 3 and (tmp_path / "lens.png").is_file()
+
+
+def test_hide_template_reaches_the_token_heatmap(tmp_path, monkeypatch):
+    from lalm_lens.tracing.results import TokenTrace
+
+    seen = []
+    original = TokenTrace.plot
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("hide_template", False))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TokenTrace, "plot", spy)
+    assert main(["trace", "--mode", "tokens", "--hide-template", "--out", str(tmp_path / "a"), "--device", "cpu"]) == 0
+    assert main(["trace", "--mode", "tokens", "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0
+    assert seen == [True, False]
+
+
+@pytest.mark.parametrize("family", ["audio_flamingo3", "qwen2_5_omni"])
+def test_trace_and_lens_commands_on_the_newer_families(family, request, tmp_path):
+    """The CLI path (prompt through the family's processor, fast engine, figures) on Audio Flamingo 3 and the
+    Qwen2.5-Omni thinker, not only `verify`."""
+    import warnings
+
+    from lalm_lens.tracing import LensResult, TraceResult
+    from tests.tiny_models import ANSWER_PREFIX, PROMPT
+
+    folder = request.getfixturevalue(f"{family}_dir")
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, clip(1.5), 16000)
+    item = ["--model", str(folder), "--audio", str(wav), "--prompt", PROMPT, "--answer", "male",
+            "--answer-prefix", ANSWER_PREFIX, "--device", "cpu"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: the trace is ill-posed, and says so
+        assert main(["trace", *item, "--options", "male", "female", "--mode", "tokens", "--out", str(tmp_path / "t"),
+                     "--allow-ill-posed"]) == 0
+        assert main(["lens", *item, "--out", str(tmp_path / "l")]) == 0
+    result = TraceResult.load(tmp_path / "t" / "trace_tokens.json")
+    assert {"audio", "object", "final"} <= set(result.groups.values())
+    assert (tmp_path / "t" / "heatmap_tokens.png").is_file()
+    lens = LensResult.load(tmp_path / "l" / "lens.json")
+    assert len(lens.clean) == len(lens.layers) and lens.audio_positions

@@ -18,6 +18,8 @@ def test_a_hub_checkpoint_fetches_only_the_shards_it_reads(qwen2_audio_dir, tmp_
         if not f.name.startswith("model") and f.is_file() and not (repo / f.name).exists():
             shutil.copy(f, repo / f.name)
     (repo / "consolidated.safetensors").write_bytes(b"x" * 1000)  # Voxtral-style extra weights: never wanted
+    for name in ("model.fp32-00001-of-00002.safetensors", "model.fp32-00002-of-00002.safetensors"):
+        (repo / name).write_bytes(b"x" * 1000)  # Whisper-style extra float32 shards: never wanted either
     snapshot = tmp_path / "cache" / "snapshots" / "abc123"
     asked = {}
 
@@ -43,6 +45,7 @@ def test_a_hub_checkpoint_fetches_only_the_shards_it_reads(qwen2_audio_dir, tmp_
     assert asked["patterns"] == METADATA_PATTERNS and not any("safetensors" in p for p in METADATA_PATTERNS)
     shards = sorted(f.name for f in repo.glob("model-*.safetensors"))
     assert sorted(asked["files"]) == shards and "consolidated.safetensors" not in asked["files"]
+    assert not any(".fp32-" in f for f in asked["files"] + [f.name for f in snapshot.iterdir()])
     assert model.prepare is not None and model.tokenizer is not None
 
 

@@ -57,6 +57,17 @@ def test_flat_curves_and_ties_are_not_called_peaks():
     assert describe_curve([0.30, 0.31, 0.32], [0, 1, 2]).startswith("flat")
     assert describe_curve([0.1, 1.0, 1.0], [0, 1, 2]) == "max RR 1.00 at layers 1, 2 (tied)"
     assert describe_curve([0.1, 0.9, 0.5], [0, 1, 2]) == "max RR 0.90 at layer 1"
+    assert describe_curve([-0.001, 0.0, -0.002], [0, 1, 2]) == "flat: RR between 0.00 and 0.00 at every layer"
+
+
+def test_dataset_ci_is_left_out_for_a_flat_curve_and_never_prints_minus_zero():
+    from lalm_lens.tracing.dataset_result import _ci
+
+    flat = np.array([-0.001, 0.0, 0.001])
+    assert _ci(flat, flat - 0.002, flat + 0.002, 1) == ""  # no "95% CI -0.00-0.00" for a flat curve
+    mean, lo, hi = np.array([0.1, 0.8]), np.array([-0.001, 0.7]), np.array([0.2, 0.9])
+    assert _ci(mean, lo, hi, 0) == " (95% CI at that layer 0.00 to 0.20)"
+    assert _ci(mean, lo, hi, 1) == " (95% CI at that layer 0.70 to 0.90)"
 
 
 def test_dataset_summary_file_holds_numbers_and_the_band_says_ci(demo, tmp_path):
