@@ -29,7 +29,6 @@ from lalm_lens.demo.synth import (ATTRIBUTES, LETTERS, MAX_SECONDS, RATE, Letter
                                   make_letter_examples, vocabulary)
 
 VOCAB_SIZE = 128
-AUDIO_TOKEN_ID = VOCAB_SIZE - 1
 HELD_OUT_SEED, HELD_OUT_N = 20260, 400
 
 

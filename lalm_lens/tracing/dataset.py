@@ -99,8 +99,9 @@ def as_items(items) -> list[Item]:
 
 
 def item_record(item: Item) -> dict[str, Any]:
-    return dict(id=item.id, audio=str(item.audio), question=item.question, options=item.options,
-                answer=item.answer, answer_prefix=item.answer_prefix, **item.meta)
+    record = dict(id=item.id, audio=str(item.audio), question=item.question, options=item.options,
+                  answer=item.answer, answer_prefix=item.answer_prefix)
+    return {**record, **{k: v for k, v in item.meta.items() if k not in record}}
 
 
 @dataclass
