@@ -35,6 +35,20 @@ class BlockConfig(TransformerLensConfig):
     # Multimodal RoPE (Qwen2.5-Omni): rotary frequencies drawn from three position streams
     # (time, height, width) in sections of these sizes (sum = d_head / 2); None: 1-D RoPE.
     mrope_section: Optional[list[int]] = None
+    # Multimodal RoPE with the streams interleaved frequency by frequency (Qwen3-Omni), not in sections.
+    mrope_interleaved: bool = False
+    # RMSNorm of every query and key head before RoPE (Qwen3: `q_norm`, `k_norm` over d_head).
+    qk_norm: bool = False
+    # Mixture of experts (Qwen3-Omni thinker; `components/moe.py`): blocks in `moe_layers` replace the MLP
+    # by `n_experts` gated experts of width `d_expert`, `experts_per_token` chosen per token by a router
+    # (softmax, top-k, renormalised if `norm_topk_prob`); None: no MoE layer.
+    n_experts: Optional[int] = None
+    experts_per_token: int = 1
+    d_expert: Optional[int] = None
+    norm_topk_prob: bool = True
+    moe_layers: Optional[list[int]] = None
+    # Hook each chosen expert's weighted output (`mlp.hook_expert_out`, [batch, pos, k, d_model]); costs memory.
+    use_expert_outputs: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +86,10 @@ class EncoderConfig(BlockConfig):
     window_frames: Optional[int] = None
     # Width of the output projection after the final norm (Qwen2.5-Omni's `proj`), None: none.
     d_out: Optional[int] = None
+    # "chunked_conv2d" (Qwen3-Omni): channels of the three stride-2 Conv2d layers, and the frames one
+    # attention window spans (`n_window_infer`; the chunks of `window_frames` only cut the convolutions).
+    conv_channels: Optional[int] = None
+    attention_window_frames: Optional[int] = None
 
 
 @dataclass

@@ -26,7 +26,7 @@ from lalm_lens.components.block import TransformerBlock, make_norm
 from lalm_lens.components.embed import Embed
 from lalm_lens.components.kv_cache import KVCache
 from lalm_lens.components.masks import LMContext, attention_bias
-from lalm_lens.components.multimodal_rotary import MultimodalRotary
+from lalm_lens.components.multimodal_rotary import make_rotary
 from lalm_lens.components.projectors import (IdentityProjector, LinearProjector, MLPProjector, StackProjector,
                                             TaggedProjector)
 from lalm_lens.components.qformer import QFormerProjector
@@ -59,8 +59,7 @@ class HookedLALM(HookedRootModule):
         self.embed = Embed(cfg)
         self.hook_audio_embeds = HookPoint()  # [n_audio_tokens, d_model]
         self.hook_embed = HookPoint()  # [batch, pos, d_model]: token + audio embeddings
-        self.rotary = (MultimodalRotary(cfg.d_head, cfg.rotary_base, cfg.mrope_section, cfg.rope_scaling)
-                       if cfg.mrope_section else Rotary(cfg.d_head, cfg.rotary_base, cfg.rope_scaling))
+        self.rotary = make_rotary(cfg)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
         self.ln_final = make_norm(cfg)
         self.unembed = TiedUnembed(cfg, self.embed) if cfg.tie_word_embeddings else Unembed(cfg)
@@ -96,6 +95,10 @@ class HookedLALM(HookedRootModule):
     def reset_buffers(self) -> None:
         """Recompute the non-persistent buffers (after materialising from the meta device)."""
         self.rotary.inv_freq = Rotary(self.cfg.d_head, self.cfg.rotary_base, self.cfg.rope_scaling).inv_freq.to(self.device)
+
+    def set_use_expert_outputs(self, use: bool) -> None:
+        """Hook each chosen expert's output in MoE layers (`blocks.{l}.mlp.hook_expert_out`; costs memory)."""
+        self.cfg.use_expert_outputs = use
 
     @property
     def device(self) -> torch.device:

@@ -10,6 +10,8 @@ from lalm_lens.components.attention import Attention
 from lalm_lens.components.kv_cache import KVCache
 from lalm_lens.components.layer_norm import LayerNorm
 from lalm_lens.components.mlp import MLP, GatedMLP
+from lalm_lens.components.moe import MoEMLP
+from lalm_lens.components.qk_norm_attention import QKNormAttention
 from lalm_lens.components.rms_norm import RMSNorm
 from lalm_lens.components.rotary_attention import GroupedQueryAttention, RotaryAttention
 from lalm_lens.config import BlockConfig
@@ -23,9 +25,18 @@ def make_norm(cfg: BlockConfig, d_model: Optional[int] = None) -> nn.Module:
 def make_attention(cfg: BlockConfig, layer: int) -> Attention:
     if cfg.positional_embedding_type != "rotary":
         return Attention(cfg, layer)
+    if cfg.qk_norm:
+        return QKNormAttention(cfg, layer)
     if cfg.n_key_value_heads < cfg.n_heads:
         return GroupedQueryAttention(cfg, layer)
     return RotaryAttention(cfg, layer)
+
+
+def make_mlp(cfg: BlockConfig, layer: int) -> nn.Module:
+    """A mixture of experts in the layers `cfg.moe_layers` names, else a gated or plain MLP."""
+    if cfg.moe_layers is not None and layer in cfg.moe_layers:
+        return MoEMLP(cfg)
+    return GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)
 
 
 class TransformerBlock(nn.Module):
@@ -36,7 +47,7 @@ class TransformerBlock(nn.Module):
         self.ln1 = make_norm(cfg)
         self.attn = make_attention(cfg, layer)
         self.ln2 = make_norm(cfg)
-        self.mlp = GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)
+        self.mlp = make_mlp(cfg, layer)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]

@@ -61,8 +61,8 @@ class ChunkedAudioEncoder(AudioEncoder):
     def frame_layout(self, features: Tensor, frame_mask: Optional[Tensor]) -> ChunkLayout:
         frames = features.shape[-1]
         if frame_mask is None:  # the processor pads every clip to its window: without the mask, padding is audio
-            raise ValueError("Qwen2.5-Omni's audio encoder needs feature_attention_mask (the processor returns it) "
-                             "to know which mel frames are audio")
+            raise ValueError(f"the chunked audio encoder of {self.cfg.kind!r} needs feature_attention_mask (the "
+                             "processor returns it) to know which mel frames are audio")
         n_frames = frame_mask.long().sum(-1)
         if not bool((frame_mask.long().cumprod(-1).sum(-1) == n_frames).all()):
             raise ValueError("feature_attention_mask must mark the leading frames as valid (right padding)")
@@ -91,9 +91,13 @@ class ChunkedAudioEncoder(AudioEncoder):
         table = per_chunk.repeat(-(-n_pos // per_chunk.shape[0]), 1)[:n_pos]
         return x + self.hook_pos_embed(table.expand(batch, n_pos, d))
 
+    def window_of(self, positions: Tensor) -> Tensor:
+        """The attention window of each conv position (here: its chunk)."""
+        return positions // (self.window // 2)
+
     def attention_mask(self, x: Tensor, layout: ChunkLayout) -> Tensor:
         """Block-diagonal: a query sees the valid keys of its own chunk."""
-        chunk = torch.arange(x.shape[1], device=x.device) // (self.window // 2)
+        chunk = self.window_of(torch.arange(x.shape[1], device=x.device))
         ids = self.hook_chunk_id(torch.where(layout.key_valid, chunk[None, :], -1))
         allowed = (ids[:, :, None] == ids[:, None, :]) & (ids[:, None, :] >= 0)
         bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)

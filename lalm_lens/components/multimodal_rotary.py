@@ -38,6 +38,11 @@ class MultimodalRotary(Rotary):
             ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, -n_new:]
         return ids[None].expand(3, -1, -1)
 
+    def recompose(self, freqs: Tensor) -> Tensor:
+        """`[3, batch, pos, d_head / 2]` angles -> `[batch, pos, d_head / 2]`: section i from stream `i % 3`."""
+        sections = freqs.split(self.mrope_section, dim=-1)
+        return torch.cat([part[i % 3] for i, part in enumerate(sections)], dim=-1)
+
     def cos_sin(
         self, positions: Int[Tensor, "... batch pos"], dtype: torch.dtype
     ) -> tuple[Float[Tensor, "batch pos 1 d_head"], Float[Tensor, "batch pos 1 d_head"]]:
@@ -52,7 +57,30 @@ class MultimodalRotary(Rotary):
                              f"got {tuple(positions.shape)}")
         positions = self.hook_positions(positions)
         freqs = positions[..., None].float() * self.inv_freq.float()  # [3, batch, pos, d_head / 2]
-        sections = freqs.split(self.mrope_section, dim=-1)
-        freqs = torch.cat([part[i % 3] for i, part in enumerate(sections)], dim=-1)  # [batch, pos, d_head / 2]
+        freqs = self.recompose(freqs)  # [batch, pos, d_head / 2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+class InterleavedMultimodalRotary(MultimodalRotary):
+    """Qwen3-Omni's M-RoPE: the three streams interleaved frequency by frequency, not in sections.
+
+    Frequency j takes its angle from height when `j % 3 == 1` and `j < 3 * mrope_section[1]`, from
+    width when `j % 3 == 2` and `j < 3 * mrope_section[2]`, else from time (Qwen3-Omni-30B: sections
+    [24, 20, 20] of 64 frequencies), as `Qwen3OmniMoeThinkerTextRotaryEmbedding` recomposes them.
+    """
+
+    def recompose(self, freqs: Tensor) -> Tensor:
+        out = freqs[0].clone()
+        for stream in (1, 2):
+            take = slice(stream, 3 * self.mrope_section[stream], 3)
+            out[..., take] = freqs[stream, ..., take]
+        return out
+
+
+def make_rotary(cfg) -> Rotary:
+    """The LM's rotary component from its config: 1-D, sectioned or interleaved multimodal RoPE."""
+    if not cfg.mrope_section:
+        return Rotary(cfg.d_head, cfg.rotary_base, cfg.rope_scaling)
+    cls = InterleavedMultimodalRotary if cfg.mrope_interleaved else MultimodalRotary
+    return cls(cfg.d_head, cfg.rotary_base, cfg.mrope_section, cfg.rope_scaling)

@@ -15,11 +15,13 @@ from lalm_lens.families.base import Family, Reference
 from lalm_lens.families.desta import DESTA2, DESTA25
 from lalm_lens.families.qwen2_5_omni import QWEN2_5_OMNI
 from lalm_lens.families.qwen2_audio import QWEN2_AUDIO
+from lalm_lens.families.qwen3_omni_moe import QWEN3_OMNI_MOE
 from lalm_lens.families.qwen_audio import QWEN_AUDIO
 from lalm_lens.families.voxtral import VOXTRAL
 from weight_conversion.base import UnknownFamilyError
 
-REGISTRY: tuple[Family, ...] = (QWEN2_AUDIO, VOXTRAL, DESTA25, DESTA2, QWEN_AUDIO, AUDIO_FLAMINGO3, QWEN2_5_OMNI)
+REGISTRY: tuple[Family, ...] = (QWEN2_AUDIO, VOXTRAL, DESTA25, DESTA2, QWEN_AUDIO, AUDIO_FLAMINGO3, QWEN2_5_OMNI,
+                                QWEN3_OMNI_MOE)
 
 
 def family_for(model_type: Optional[str]) -> Family:

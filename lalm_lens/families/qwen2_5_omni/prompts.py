@@ -22,8 +22,8 @@ from lalm_lens.inputs.hf_processor import TOKENIZER_FILES, HFProcessorPrompts
 
 logger = logging.getLogger(__name__)
 
-AUDIO_TEXT_ONLY = ("lalm-lens runs Qwen2.5-Omni on audio and text only (the vision tower is not converted); "
-                   "pass audio and a text prompt")
+AUDIO_TEXT_ONLY = ("lalm-lens runs the Omni thinkers (Qwen2.5-Omni, Qwen3-Omni) on audio and text only (the vision "
+                   "tower is not converted); pass audio and a text prompt")
 VISION_KEYWORDS = ("images", "image", "videos", "video", "pixel_values", "pixel_values_videos")
 
 
@@ -41,11 +41,11 @@ class _NoVision:
 
 
 @functools.cache
-def _audio_text_processor_class():
-    from transformers import Qwen2_5OmniProcessor
+def _audio_text_processor_class(name: str = "Qwen2_5OmniProcessor"):
+    import transformers
 
-    class AudioTextOmniProcessor(Qwen2_5OmniProcessor):
-        """`Qwen2_5OmniProcessor` without its type checks of the (stand-in) image and video processors."""
+    class AudioTextOmniProcessor(getattr(transformers, name)):
+        """The Omni processor without its type checks of the (stand-in) image and video processors."""
 
         def check_argument_for_proper_class(self, argument_name, argument):
             return None
@@ -63,18 +63,18 @@ def chat_template(folder: Path, tokenizer) -> Optional[str]:
     return getattr(tokenizer, "chat_template", None)
 
 
-def audio_text_processor(folder: Path):
-    """A `Qwen2_5OmniProcessor` from the tokenizer, feature extractor and chat template alone."""
+def audio_text_processor(folder: Path, processor_class: str = "Qwen2_5OmniProcessor"):
+    """An Omni processor (`processor_class`) from the tokenizer, feature extractor and chat template alone."""
     from transformers import AutoTokenizer, WhisperFeatureExtractor
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    cls = _audio_text_processor_class()
+    cls = _audio_text_processor_class(processor_class)
     return cls(image_processor=_NoVision(), video_processor=_NoVision(),
                feature_extractor=WhisperFeatureExtractor.from_pretrained(folder), tokenizer=tokenizer,
                chat_template=chat_template(folder, tokenizer))
 
 
-def load_omni_processor(folder: Path):
+def load_omni_processor(folder: Path, processor_class: str = "Qwen2_5OmniProcessor"):
     """The checkpoint's processor (None without tokenizer files); without torchvision, the audio + text one."""
     if not any((Path(folder) / name).is_file() for name in TOKENIZER_FILES):
         return None
@@ -86,7 +86,7 @@ def load_omni_processor(folder: Path):
             return processor
     except Exception as err:  # typically: the video processor needs torchvision
         logger.info("AutoProcessor failed (%s: %s); building the audio + text processor", type(err).__name__, err)
-    return audio_text_processor(folder)
+    return audio_text_processor(folder, processor_class)
 
 
 class OmniPrompts(HFProcessorPrompts):

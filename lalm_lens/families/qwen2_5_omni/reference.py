@@ -32,15 +32,15 @@ class ClipBatchedLayer:
     """One encoder layer of the original; `register_forward_hook(fn)` calls `fn(module, args, (hidden,))`
     with `hidden` `[clips, pos, d]`, split at the clip lengths the tower was called with."""
 
-    def __init__(self, tower, layer):
-        self.tower, self.layer = tower, layer
+    def __init__(self, tower, layer, conv_lengths=lambda frames: (frames - 1) // 2 + 1):
+        self.tower, self.layer, self.conv_lengths = tower, layer, conv_lengths
 
     def register_forward_hook(self, fn):
         lengths = {}
 
         def clip_lengths(module, args, kwargs):
             frames = kwargs.get("feature_lens", args[1] if len(args) > 1 else None)
-            lengths["conv"] = ((frames - 1) // 2 + 1).tolist()
+            lengths["conv"] = self.conv_lengths(frames).tolist()
 
         def batched(module, args, out):
             flat = out[0] if isinstance(out, tuple) else out
