@@ -1,0 +1,278 @@
+"""Qwen3-Omni thinker: our hooked model against `Qwen3OmniMoeThinkerForConditionalGeneration`.
+
+Tiny checkpoints from `tests/tiny_qwen3_omni.py` (1 s chunks, 2-chunk attention windows, 7 experts,
+3 per token, one dense layer). Float32: logits, every encoder block, every LM layer and the audio
+vectors within 1e-4 on valid positions; router logits within 1e-4 and the chosen experts equal.
+Each case prints its max |Δ|.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
+
+import lalm_lens
+from lalm_lens import HookedLALM
+from lalm_lens.families.qwen3_omni_moe.reference import REFERENCE
+from lalm_lens.tracing import GaussianNoise, causal_trace, token_groups
+from tests import tiny_qwen3_omni as tiny
+from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def thinker_dir(tmp_path_factory):
+    return tiny.save_thinker(tmp_path_factory.mktemp("q3_thinker"))
+
+
+@pytest.fixture(scope="module")
+def ours(thinker_dir):
+    return HookedLALM.from_pretrained(thinker_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def hf(thinker_dir):
+    return Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(thinker_dir).eval()
+
+
+def _diff(a, b, valid=None) -> float:
+    d = (a.float() - b.float()).abs()
+    return (d[valid.bool()] if valid is not None else d).max().item()
+
+
+@torch.no_grad()
+def compare(ours, hf, inp, case: str) -> dict:
+    """max |Δ| of logits, LM layers, encoder blocks, audio vectors and router logits (valid positions);
+    the chosen experts must be the original's at every valid position."""
+    enc, routers = [], {}
+    handles = [layer.register_forward_hook(lambda m, a, out: enc.append(out[0])) for layer in REFERENCE.encoder_layers(hf)]
+    for i, layer in enumerate(hf.model.language_model.layers):
+        if hasattr(layer.mlp, "gate"):
+            handles.append(layer.mlp.gate.register_forward_hook(lambda m, a, out, i=i: routers.__setitem__(i, out)))
+    try:
+        ref = REFERENCE.forward(hf, inp)
+    finally:
+        for h in handles:
+            h.remove()
+    logits, cache = ours.run_with_cache(inp)
+    valid = inp["attention_mask"].bool()
+    n = ours.cfg.n_layers
+    d = {"logits": _diff(logits, ref.logits, valid)}
+    d.update({f"lm {i}": _diff(cache[f"blocks.{i}.hook_resid_pre"], ref.hidden_states[i], valid) for i in range(n)})
+    d["lm final norm"] = _diff(ours.ln_final(cache[f"blocks.{n - 1}.hook_resid_post"]), ref.hidden_states[n], valid)
+    assert sorted(routers) == ours.cfg.moe_layers == [0, 2]
+    for i, (r_logits, r_weights, r_ids) in routers.items():
+        shape = (*valid.shape, -1)
+        d[f"router {i}"] = _diff(cache[f"blocks.{i}.mlp.hook_router_logits"], r_logits.view(shape), valid)
+        d[f"top-k weights {i}"] = _diff(cache[f"blocks.{i}.mlp.hook_topk_weights"], r_weights.view(shape), valid)
+        assert torch.equal(cache[f"blocks.{i}.mlp.hook_topk_ids"][valid], r_ids.view(shape)[valid]), f"layer {i}"
+    if "input_features" in inp:
+        lengths, _ = ours.audio_encoder.output_lengths(inp["feature_attention_mask"].sum(-1))
+        frames = torch.arange(int(lengths.max()))[None] < lengths[:, None]
+        assert len(enc) == len(ours.audio_encoder.blocks)
+        for i, theirs in enumerate(enc):
+            d[f"encoder {i}"] = _diff(cache[f"audio_encoder.blocks.{i}.hook_resid_post"], theirs, frames)
+        assert cache["hook_audio_embeds"].shape == ref.audio_embeds.shape
+        d["audio embeds"] = _diff(cache["hook_audio_embeds"], ref.audio_embeds)
+    print(f"\n[{case}] max |Δ|: " + ", ".join(f"{k} {v:.1e}" for k, v in d.items()))
+    assert max(d.values()) <= TOL, d
+    return d
+
+
+def test_one_clip_every_layer(ours, hf):
+    """3 s: three chunks (13 + 13 + 13 positions), two attention windows (26 + 13)."""
+    inp = ours.prepare(clip(3.0), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
+    assert int(inp["feature_attention_mask"].sum()) == 300 and len(inp.audio_positions[0]) == 39
+    compare(ours, hf, inp, "one 3 s clip")
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_batch_of_two_lengths(ours, hf, side):
+    ours.tokenizer.padding_side = side
+    try:  # 130 frames (chunks 100 + 30) and 455 frames (4 full chunks + 55: three attention windows)
+        inp = ours.prepare([clip(1.3, seed=1), clip(4.55, seed=2)], [PROMPT, "Describe the audio ."],
+                           sampling_rate=16000)
+    finally:
+        ours.tokenizer.padding_side = "right"
+    assert (inp["attention_mask"] == 0).any()
+    assert inp["feature_attention_mask"].sum(-1).tolist() == [130, 455]
+    assert [len(p) for p in inp.audio_positions] == [13 + 4, 4 * 13 + 7]
+    compare(ours, hf, inp, f"padded batch, {side} padding")
+
+
+def test_clips_shorter_than_a_chunk_use_the_batch_width(ours, hf):
+    """Both clips under one chunk: the original convolves both at the longer clip's width."""
+    inp = ours.prepare([clip(0.37, seed=3), clip(0.81, seed=4)], [PROMPT, PROMPT], sampling_rate=16000)
+    assert inp["feature_attention_mask"].sum(-1).tolist() == [37, 81]
+    compare(ours, hf, inp, "two clips shorter than a chunk")
+
+
+def test_text_only(ours, hf):
+    inp = ours.prepare(None, PROMPT, answer_prefix=ANSWER_PREFIX)
+    compare(ours, hf, inp, "text only")
+
+
+def test_token_count_and_times(ours):
+    prompts = ours.prompts
+    assert [prompts.audio_tokens(n * 160) for n in (99, 100, 101, 300, 455)] == [13, 13, 14, 39, 59]
+    times = prompts.token_times(16000 * 2)
+    assert len(times) == 26 and times[13] == pytest.approx(1.0) and times[1] == pytest.approx(0.08)
+
+
+# ------------------------------------------------------------------ mutations: each must move the logits
+def _mutated(ours, hf, inp, **cfg) -> float:
+    old = {k: getattr(ours.cfg, k) for k in cfg}
+    try:
+        for k, v in cfg.items():
+            setattr(ours.cfg, k, v)
+        with torch.no_grad():
+            return _diff(ours(inp), hf(**inp).logits, inp["attention_mask"])
+    finally:
+        for k, v in old.items():
+            setattr(ours.cfg, k, v)
+
+
+def test_mutations_move_the_logits(ours, hf, tmp_path, monkeypatch):
+    from lalm_lens.components.moe import MoEMLP
+
+    inp = ours.prepare(clip(2.5, seed=7), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
+    deltas = {"top-k 2 instead of 3": _mutated(ours, hf, inp, experts_per_token=2),
+              "norm_topk_prob flipped": _mutated(ours, hf, inp, norm_topk_prob=False)}
+    with torch.no_grad():  # chunk order: the second and first 1 s chunks swapped after the convolutions
+        swapped = ours.run_with_hooks(inp, fwd_hooks=[("audio_encoder.hook_conv3", lambda t, hook: t[[1, 0, 2]])])
+        deltas["chunk order"] = _diff(swapped, hf(**inp).logits)
+
+    # softmax after top-k equals softmax-then-top-k-then-renormalise, so it needs norm_topk_prob=False
+    folder = tiny.save_thinker(tmp_path, seed=3, norm_topk_prob=False)
+    ours2, hf2 = HookedLALM.from_pretrained(folder, device="cpu"), Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert _diff(ours2(inp), hf2(**inp).logits) <= TOL
+
+    def softmax_after_topk(self, x):
+        logits = self.hook_router_logits(x @ self.W_router)
+        top, ids = logits.topk(self.cfg.experts_per_token, dim=-1)
+        return self.hook_topk_ids(ids), self.hook_topk_weights(top.softmax(-1))
+
+    monkeypatch.setattr(MoEMLP, "route", softmax_after_topk)
+    with torch.no_grad():
+        deltas["softmax after top-k"] = _diff(ours2(inp), hf2(**inp).logits)
+    print("\n[mutations] max |Δ logits|: " + ", ".join(f"{k} {v:.2e}" for k, v in deltas.items()))
+    assert all(v > TOL for v in deltas.values()), deltas
+
+
+# ------------------------------------------------------------------ MoE hooks
+@torch.no_grad()
+def test_expert_outputs_on_request(ours):
+    inp = ours.prepare(clip(1.2, seed=8), PROMPT, sampling_rate=16000)
+    logits, cache = ours.run_with_cache(inp)
+    assert "blocks.0.mlp.hook_expert_out" not in cache  # off by default: it costs k copies of the stream
+    k, e = ours.cfg.experts_per_token, ours.cfg.n_experts
+    assert cache["blocks.0.mlp.hook_router_logits"].shape[-1] == e
+    assert cache["blocks.0.mlp.hook_topk_ids"].shape[-1] == k == 3
+    assert torch.allclose(cache["blocks.2.mlp.hook_topk_weights"].sum(-1), torch.ones(1), atol=1e-6)
+    assert "blocks.1.mlp.hook_post" in cache and "blocks.1.mlp.hook_router_logits" not in cache  # the dense layer
+    ids = cache["blocks.0.mlp.hook_topk_ids"]
+    routed = sum(cache[f"blocks.0.mlp.experts.{x}.hook_post"].shape[0] for x in range(e) if
+                 f"blocks.0.mlp.experts.{x}.hook_post" in cache)
+    assert routed == ids.numel()
+    ours.set_use_expert_outputs(True)
+    try:
+        logits2, cache2 = ours.run_with_cache(inp)
+    finally:
+        ours.set_use_expert_outputs(False)
+    per_expert = cache2["blocks.0.mlp.hook_expert_out"]
+    assert tuple(per_expert.shape) == (*ids.shape, ours.cfg.d_model)
+    assert _diff(per_expert.sum(-2), cache["blocks.0.hook_mlp_out"]) <= 1e-5 and _diff(logits2, logits) <= 1e-5
+    rerouted = ours.run_with_hooks(inp, fwd_hooks=[("blocks.0.mlp.hook_topk_ids", lambda t, hook: (t + 1) % e)])
+    assert _diff(rerouted, logits) > 1e-3  # the ids hook is live: editing it re-routes
+
+
+def test_interleaved_rope_recomposes_like_the_original():
+    """Three different streams at the released d_head 128, sections [24, 20, 20]."""
+    from transformers import Qwen3OmniMoeTextConfig
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextRotaryEmbedding
+
+    from lalm_lens.components.multimodal_rotary import InterleavedMultimodalRotary
+
+    cfg = Qwen3OmniMoeTextConfig(hidden_size=256, num_attention_heads=2, head_dim=128, rope_parameters={
+        "rope_type": "default", "rope_theta": 1e6, "mrope_section": [24, 20, 20], "interleaved": True})
+    pos = torch.randint(0, 30000, (3, 2, 7), generator=torch.Generator().manual_seed(0))
+    cos, sin = Qwen3OmniMoeThinkerTextRotaryEmbedding(cfg)(torch.zeros(1), pos)
+    c, s = InterleavedMultimodalRotary(128, 1e6, [24, 20, 20]).cos_sin(pos, torch.float32)
+    assert torch.equal(c[:, :, 0], cos) and torch.equal(s[:, :, 0], sin)
+
+
+# ------------------------------------------------------------------ the library on this family
+@torch.no_grad()
+def test_generate_equals_hf_greedy(ours, hf):
+    ours.tokenizer.padding_side = "left"
+    try:
+        inp = ours.prepare([clip(1.3, seed=5), clip(2.1, seed=6)], [PROMPT, PROMPT], sampling_rate=16000)
+    finally:
+        ours.tokenizer.padding_side = "right"
+    mine = ours.generate(inp, max_new_tokens=8, return_type="tokens", eos_token_ids=[])
+    ref = hf.generate(**inp, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(mine, ref[:, inp["input_ids"].shape[1]:])
+
+
+def test_fast_engine_equals_reference(ours):
+    """Routing depends only on each token's own state, so the fast engine's suffix re-runs stay exact."""
+    item = ours.prepare(clip(1.2, seed=31), PROMPT, answer_prefix=ANSWER_PREFIX, options=["male", "female"],
+                        sampling_rate=16000)
+    with torch.no_grad():
+        answer = int(ours(item)[0, -1].argmax())
+    groups = token_groups(item)
+    kw = dict(answer=answer, states="resid_pre", corruption=GaussianNoise(2, seed=3),
+              positions=[groups.index("object") + 1, len(groups) - 3, len(groups) - 1])
+    with warnings.catch_warnings():  # a tiny model's trace is ill-posed; the engines must still agree
+        warnings.simplefilter("ignore")
+        ref = causal_trace(ours, item, engine="reference", **kw)
+        fast = causal_trace(ours, item, engine="fast", **kw)
+    d = (ref.p_patched - fast.p_patched).abs().max().item()
+    print(f"\n[fast engine vs reference] max |Δ p_patched| {d:.1e}")
+    assert d <= 1e-5
+
+
+def test_full_checkpoint_reads_only_thinker_shards(tmp_path, thinker_dir, ours, monkeypatch):
+    from weight_conversion import base
+
+    full_dir = tiny.save_full(tmp_path / "full", thinker_dir)
+    opened = []
+    read = base.read_tensors
+    monkeypatch.setattr(base, "read_tensors", lambda path: (opened.append(path.name), read(path))[1])
+    full = HookedLALM.from_pretrained(full_dir, device="cpu")
+    assert sorted(opened) == ["model-00001-of-00004.safetensors", "model-00003-of-00004.safetensors"]
+    theirs = dict(ours.named_parameters())
+    assert all(torch.equal(p, theirs[name]) for name, p in full.named_parameters())
+    report = lalm_lens.verify(str(full_dir), device="cpu")
+    print(f"\n[verify full] logits {report.max_logit_diff:.1e}, encoder {max(report.encoder_layers):.1e}, "
+          f"LM {max(report.lm_layers):.1e}")
+    assert report.passed, str(report)
+
+
+def test_in_memory_layout_with_fused_experts(tmp_path, thinker_dir, ours, hf):
+    """transformers-5 keys (`model.language_model.*`, fused `experts.gate_up_proj` / `down_proj`) load the same."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    assert "model.language_model.layers.0.mlp.experts.gate_up_proj" in state
+    save_file(state, tmp_path / "model.safetensors")
+    shutil.copy(thinker_dir / "config.json", tmp_path / "config.json")
+    mem = HookedLALM.from_pretrained(tmp_path, device="cpu")
+    theirs = dict(ours.named_parameters())
+    assert all(torch.equal(p, theirs[n]) for n, p in mem.named_parameters())
+
+
+def test_images_videos_and_missing_mask_are_refused(ours):
+    with pytest.raises(ValueError, match="audio and text only"):
+        ours.prepare(clip(1.0), PROMPT, sampling_rate=16000, images=[np.zeros((32, 32, 3))])
+    with pytest.raises(ValueError, match="audio and text only"):
+        ours.prepare(None, "<|vision_start|><|video_pad|><|vision_end|> Describe the audio .")
+    inp = ours.prepare(clip(1.0), PROMPT, sampling_rate=16000)
+    with pytest.raises(ValueError, match="feature_attention_mask"):
+        ours(input_ids=inp["input_ids"], input_features=inp["input_features"])
