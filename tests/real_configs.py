@@ -56,6 +56,30 @@ QWEN2_5_OMNI_7B = dict(  # the full model: thinker + talker + token2wav (only th
     ),
 )
 
+# Qwen/Qwen3-Omni-30B-A3B-Instruct config.json, thinker part (the talker and code2wav are never built here).
+QWEN3_OMNI_30B_A3B_INSTRUCT = dict(
+    model_type="qwen3_omni_moe",
+    enable_audio_output=False,
+    thinker_config=dict(
+        model_type="qwen3_omni_moe_thinker", audio_token_id=151675, image_token_id=151655, video_token_id=151656,
+        audio_start_token_id=151669, vision_start_token_id=151652, position_id_per_seconds=13, user_token_id=872,
+        tie_word_embeddings=False,
+        audio_config=dict(model_type="qwen3_omni_moe_audio_encoder", d_model=1280, encoder_layers=32,
+                          encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128, max_source_positions=1500,
+                          n_window=50, n_window_infer=800, conv_chunksize=500, downsample_hidden_size=480,
+                          output_dim=2048),
+        text_config=dict(model_type="qwen3_omni_moe_text", vocab_size=152064, hidden_size=2048, intermediate_size=768,
+                         moe_intermediate_size=768, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
+                         head_dim=128, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
+                         decoder_sparse_step=1, mlp_only_layers=[], rms_norm_eps=1e-6, max_position_embeddings=65536,
+                         attention_bias=False, rope_parameters=dict(rope_type="default", rope_theta=1000000,
+                         mrope_section=[24, 20, 20], interleaved=True, mrope_interleaved=True)),
+        vision_config=dict(model_type="qwen3_omni_moe_vision_encoder", depth=27, hidden_size=1152, num_heads=16,
+                           intermediate_size=4304, out_hidden_size=2048, patch_size=16, spatial_merge_size=2,
+                           temporal_patch_size=2, num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24]),
+    ),
+)
+
 WHISPER_LARGE_V3 = dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
                         decoder_layers=32, decoder_attention_heads=20, decoder_ffn_dim=5120, num_mel_bins=128,
                         vocab_size=51866, max_source_positions=1500, max_target_positions=448)

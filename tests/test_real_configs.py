@@ -59,6 +59,45 @@ def omni_case():
     return family, ours_config, [(meta_tensors(original), family.key_map(ours_config))]
 
 
+def released_expert_keys(tensors):
+    """transformers 5 holds the experts fused (`experts.gate_up_proj`, `experts.down_proj`); the released
+    Qwen3-Omni shards hold them one by one (`experts.{e}.gate_proj|up_proj|down_proj.weight`)."""
+    for key, t, where in tensors:
+        if key.endswith("mlp.experts.gate_up_proj"):
+            n, two_i, d = t.shape
+            for e in range(n):
+                for name in ("gate_proj", "up_proj"):
+                    yield key[: -len("gate_up_proj")] + f"{e}.{name}.weight", torch.empty(two_i // 2, d, device="meta"), where
+        elif key.endswith("mlp.experts.down_proj"):
+            n, d, i = t.shape
+            for e in range(n):
+                yield key[: -len("down_proj")] + f"{e}.down_proj.weight", torch.empty(d, i, device="meta"), where
+        else:
+            yield key, t, where
+
+
+def qwen3_omni_case():
+    """The thinker of Qwen3-Omni under `thinker.` with its experts one by one, as released, streamed through
+    the family's key table. (That the talker, code predictor and code2wav shards are never read is tested on
+    a tiny full checkpoint.)"""
+    from transformers import Qwen3OmniMoeConfig, Qwen3OmniMoeThinkerForConditionalGeneration
+
+    from weight_conversion import qwen3_omni_moe as conversion
+
+    config = conversion.thinker_config(Qwen3OmniMoeConfig(**rc.QWEN3_OMNI_30B_A3B_INSTRUCT))
+    with torch.device("meta"):
+        original = Qwen3OmniMoeThinkerForConditionalGeneration(config)
+    family = family_for("qwen3_omni_moe")
+    ours_config = family.convert_config(config)
+    released = {"model.language_model.": "model.", "model.audio_tower.": "audio_tower.", "model.visual.": "visual."}
+    tensors = []
+    for key, t, where in released_expert_keys(meta_tensors(original)):
+        prefix = next((p for p in released if key.startswith(p)), "")
+        tensors.append(("thinker." + released.get(prefix, "") + key[len(prefix):], t, where))
+    assert sum(k.endswith(".mlp.experts.127.down_proj.weight") for k, _, _ in tensors) == 48
+    return family, ours_config, [(tensors, family.key_map(ours_config))]
+
+
 def desta_case(version_name):
     from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperForConditionalGeneration
 
@@ -102,6 +141,7 @@ CASES = {
     "audio-flamingo-3-hf": lambda: hf_case("AudioFlamingo3Config", "AudioFlamingo3ForConditionalGeneration",
                                            rc.AUDIO_FLAMINGO_3),
     "Qwen2.5-Omni-7B": omni_case,
+    "Qwen3-Omni-30B-A3B-Instruct": qwen3_omni_case,  # the fused in-memory layout is tested on a tiny model
 }
 
 
