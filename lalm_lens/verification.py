@@ -59,11 +59,12 @@ class VerifyReport:
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.float() - b.float()).abs().max().item()
+    return (a.float().to(b.device) - b.float()).abs().max().item()
 
 
 def _top1_agrees(ours: torch.Tensor, ref: torch.Tensor, tol: float) -> bool:
     """Our top-1 token is the original's, or ties with it within the tolerance."""
+    ref = ref.to(ours.device)
     chosen = ref.float().gather(-1, ours.argmax(-1, keepdim=True))[..., 0]
     return bool((chosen >= ref.float().max(-1).values - tol).all())
 
@@ -77,6 +78,32 @@ def _encoder_valid_positions(model, inp) -> int:
     return int(valid.min())
 
 
+@dataclass
+class _OurStates:
+    """Our side of a comparison, on the CPU: what `verify` keeps of the hooked model before the original runs."""
+
+    logits: torch.Tensor
+    lm: list  # the residual entering each layer, then the final norm's output
+    encoder: list  # each encoder block's output
+    audio_embeds: Optional[torch.Tensor]
+    encoder_valid: int  # encoder positions both sides compute from real audio
+
+
+def _our_states(model, inp) -> _OurStates:
+    """Run the hooked model once, caching only the compared states (one residual per layer)."""
+    n, n_enc = model.cfg.n_layers, len(model.audio_encoder.blocks)
+    compared = {f"blocks.{i}.hook_resid_pre" for i in range(n)} | {f"blocks.{n - 1}.hook_resid_post", "hook_audio_embeds"}
+    compared |= {f"audio_encoder.blocks.{i}.hook_resid_post" for i in range(n_enc)}
+    logits, cache = model.run_with_cache(inp, names_filter=lambda name: name in compared)
+    cpu = lambda t: t.detach().to("cpu")  # noqa: E731
+    lm = [cpu(cache[f"blocks.{i}.hook_resid_pre"]) for i in range(n)]
+    lm.append(cpu(model.ln_final(cache[f"blocks.{n - 1}.hook_resid_post"])))
+    encoder = [cpu(cache[f"audio_encoder.blocks.{i}.hook_resid_post"]) for i in range(n_enc)
+               if f"audio_encoder.blocks.{i}.hook_resid_post" in cache]
+    audio = cpu(cache["hook_audio_embeds"]) if "hook_audio_embeds" in cache else None
+    return _OurStates(cpu(logits), lm, encoder, audio, _encoder_valid_positions(model, inp))
+
+
 @torch.no_grad()
 def verify(
     name_or_path: str,
@@ -85,27 +112,37 @@ def verify(
     dtype: Optional[torch.dtype] = None,
     device: Union[str, torch.device, None] = None,
     prepare_kwargs: Optional[dict] = None,
+    sequential: bool = False,
     **load_kwargs,
 ) -> VerifyReport:
     """Load both models from `name_or_path`, run one input, return a `VerifyReport`.
 
     `prepare_kwargs` go to `model.prepare` (e.g. `transcript=` for DeSTA);
     `load_kwargs` to `from_pretrained` and the reference (e.g. `encoder_path=`).
-    Only the states compared are kept (one residual per layer), so a 32-layer
-    encoder does not cache its attention patterns.
+    Only the states compared are kept (one residual per layer, on the CPU), so a
+    32-layer encoder does not cache its attention patterns. Ours runs first;
+    `sequential=True` frees it before the original is loaded, so the two copies
+    never share the device (a 30 B model in float32 fits one 141 GB GPU once, not twice).
     """
+    import gc
+
     from lalm_lens.loading import open_checkpoint
     from lalm_lens.model import HookedLALM
 
     ckpt, family, family_config = open_checkpoint(name_or_path, **load_kwargs)
     model = HookedLALM.from_pretrained(ckpt, device=device, dtype=dtype, **load_kwargs)
-    dtype = model.cfg.dtype
-    ref = family.reference.load(ckpt, family_config, dtype, model.device)
+    dtype, device = model.cfg.dtype, model.device
     if audio is None:
         audio = synthetic_clip(rate=16000)
     rate = None if isinstance(audio, str) else 16000
-    inp = model.prepare(audio, prompt, sampling_rate=rate, **(prepare_kwargs or {})).to(model.device)
-
+    inp = model.prepare(audio, prompt, sampling_rate=rate, **(prepare_kwargs or {})).to(device)
+    ours = _our_states(model, inp)
+    if sequential:
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    ref = family.reference.load(ckpt, family_config, dtype, device)
     enc_outputs: list[torch.Tensor] = []
     handles = [
         layer.register_forward_hook(lambda mod, args, out: enc_outputs.append(out[0] if isinstance(out, tuple) else out))
@@ -116,31 +153,22 @@ def verify(
     finally:
         for h in handles:
             h.remove()
-    n = model.cfg.n_layers
-    n_enc = len(model.audio_encoder.blocks)
-    compared = {f"blocks.{i}.hook_resid_pre" for i in range(n)} | {f"blocks.{n - 1}.hook_resid_post", "hook_audio_embeds"}
-    compared |= {f"audio_encoder.blocks.{i}.hook_resid_post" for i in range(n_enc)}
-    logits, cache = model.run_with_cache(inp, names_filter=lambda name: name in compared)
-    ref_logits = out.logits
-    lm = [_diff(cache[f"blocks.{i}.hook_resid_pre"], out.hidden_states[i]) for i in range(n)]
-    lm.append(_diff(model.ln_final(cache[f"blocks.{n - 1}.hook_resid_post"]), out.hidden_states[n]))
-    valid = _encoder_valid_positions(model, inp)
-    encoder = [
-        _diff(cache[f"audio_encoder.blocks.{i}.hook_resid_post"][:, :valid], h[:, :valid])
-        for i, h in enumerate(enc_outputs[:n_enc])
-    ]
+    n, valid = len(ours.lm) - 1, ours.encoder_valid
+    lm = [_diff(ours.lm[i], out.hidden_states[i]) for i in range(n + 1)]
+    encoder = [_diff(mine[:, :valid], h[:, :valid]) for mine, h in zip(ours.encoder, enc_outputs)]
     audio_diff = None
     if getattr(out, "audio_embeds", None) is not None:
-        audio_diff = _diff(cache["hook_audio_embeds"], out.audio_embeds)
+        audio_diff = _diff(ours.audio_embeds, out.audio_embeds)
+    ref_logits = out.logits
     scale = ref_logits.float().abs().max().item()
     tol = RELATIVE_TOLERANCE.get(dtype, 0.05) * max(1.0, scale)
     return VerifyReport(
         name=str(name_or_path),
         dtype=dtype,
-        max_logit_diff=_diff(logits, ref_logits),
+        max_logit_diff=_diff(ours.logits, ref_logits),
         logit_scale=scale,
         tolerance=tol,
-        top1_agrees=_top1_agrees(logits[:, -1], ref_logits[:, -1], tol),
+        top1_agrees=_top1_agrees(ours.logits[:, -1], ref_logits[:, -1].cpu(), tol),
         lm_layers=lm,
         encoder_layers=encoder,
         audio_embeds_diff=audio_diff,

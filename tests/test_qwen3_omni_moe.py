@@ -276,3 +276,37 @@ def test_images_videos_and_missing_mask_are_refused(ours):
     inp = ours.prepare(clip(1.0), PROMPT, sampling_rate=16000)
     with pytest.raises(ValueError, match="feature_attention_mask"):
         ours(input_ids=inp["input_ids"], input_features=inp["input_features"])
+
+
+def test_verify_sequential_frees_ours_first(thinker_dir, monkeypatch):
+    """`--sequential`: ours runs and is freed (no HookedLALM alive) before the original is loaded; same report."""
+    import dataclasses
+    import gc
+    import weakref
+
+    from lalm_lens import loading
+    from lalm_lens.cli import main
+    from lalm_lens.families.qwen3_omni_moe import QWEN3_OMNI_MOE
+
+    alive, load = [], QWEN3_OMNI_MOE.reference.load
+    real_from_pretrained = HookedLALM.from_pretrained.__func__
+
+    def tracked(cls, *args, **kwargs):
+        model = real_from_pretrained(cls, *args, **kwargs)
+        alive.append(weakref.ref(model))
+        return model
+
+    def checked_load(*args):
+        gc.collect()
+        assert all(ref() is None for ref in alive), "our model is still alive when the original loads"
+        return load(*args)
+
+    monkeypatch.setattr(HookedLALM, "from_pretrained", classmethod(tracked))
+    family = dataclasses.replace(QWEN3_OMNI_MOE, reference=dataclasses.replace(REFERENCE, load=checked_load))
+    monkeypatch.setattr(loading, "family_for", lambda model_type: family)
+    report = lalm_lens.verify(str(thinker_dir), device="cpu", sequential=True)
+    print(f"\n[verify --sequential] logits {report.max_logit_diff:.1e}, encoder {max(report.encoder_layers):.1e}, "
+          f"LM {max(report.lm_layers):.1e}, audio vectors {report.audio_embeds_diff:.1e}")
+    assert report.passed and len(report.lm_layers) == 4 and len(report.encoder_layers) == 2
+    assert max(report.lm_layers + report.encoder_layers + [report.audio_embeds_diff]) <= TOL
+    assert main(["verify", str(thinker_dir), "--device", "cpu", "--sequential"]) == 0

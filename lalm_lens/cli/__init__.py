@@ -35,7 +35,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     load = {k: v for k, v in (("encoder_path", args.encoder_path), ("llm_path", args.llm_path)) if v}
     prepare = {"transcript": args.transcript} if args.transcript is not None else {}
     report = verify(args.model, audio=args.audio, prompt=args.prompt, dtype=DTYPES.get(args.dtype), device=args.device,
-                    prepare_kwargs=prepare, **load)
+                    prepare_kwargs=prepare, sequential=args.sequential, **load)
     print(report)
     return 0 if report.passed else 1
 
@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--encoder-path", help="DeSTA: a local Whisper folder instead of the config's encoder id")
     v.add_argument("--llm-path", help="DeSTA: a local LM folder instead of the config's LM id")
     v.add_argument("--transcript", help="DeSTA: the transcript to use instead of Whisper decoding")
+    v.add_argument("--sequential", action="store_true",
+                   help="run ours, keep only the compared states (on the CPU), free it, then load and run the "
+                        "original: one model's memory at a time (for models whose two copies do not fit)")
     v.set_defaults(func=cmd_verify)
 
     g = sub.add_parser("demo-data", help="write held-out synthetic items for trace-dataset", formatter_class=Formatter)
