@@ -310,3 +310,47 @@ def test_verify_sequential_frees_ours_first(thinker_dir, monkeypatch):
     assert report.passed and len(report.lm_layers) == 4 and len(report.encoder_layers) == 2
     assert max(report.lm_layers + report.encoder_layers + [report.audio_embeds_diff]) <= TOL
     assert main(["verify", str(thinker_dir), "--device", "cpu", "--sequential"]) == 0
+
+
+# ------------------------------------------------------------------ expert routing trace
+def test_expert_routing_trace_equals_a_brute_force_loop(ours):
+    from lalm_lens.tracing.experts import expert_routing_trace
+
+    inp = ours.prepare(clip(1.6, seed=9), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
+    routing = expert_routing_trace(ours, inp, corruption=GaussianNoise(2.0, n_samples=2, seed=1))
+    corrupted_inputs = GaussianNoise(2.0, n_samples=2, seed=1).apply(ours, inp)
+    ids, audio = inp["input_ids"][0].tolist(), set(inp.audio_positions[0].tolist())
+    expected = {}
+    for run, (inputs, hooks) in {"clean": (inp, []), "corrupted": (corrupted_inputs.batch(), corrupted_inputs.hooks())}.items():
+        with torch.no_grad(), ours.hooks(fwd_hooks=hooks):
+            _, cache = ours.run_with_cache(inputs)
+        for group in ("audio", "text"):
+            positions = [p for p in range(len(ids)) if (p in audio) == (group == "audio")]
+            table = torch.zeros(len(routing.layers), ours.cfg.n_experts)
+            for row, layer in enumerate(routing.layers):
+                for e in range(ours.cfg.n_experts):
+                    total = 0.0
+                    for sample in range(cache[f"blocks.{layer}.mlp.hook_topk_ids"].shape[0]):
+                        for p in positions:
+                            for slot in range(ours.cfg.experts_per_token):
+                                if cache[f"blocks.{layer}.mlp.hook_topk_ids"][sample, p, slot] == e:
+                                    total += cache[f"blocks.{layer}.mlp.hook_topk_weights"][sample, p, slot].item()
+                    table[row, e] = total / (len(positions) * cache[f"blocks.{layer}.mlp.hook_topk_ids"].shape[0])
+            expected[f"{run}_{group}"] = table
+    for name, table in expected.items():
+        assert torch.allclose(getattr(routing, name), table, atol=1e-6), name
+    assert routing.layers == (0, 2) and torch.allclose(routing.clean_audio.sum(-1), torch.ones(2), atol=1e-5)
+    top = routing.most_changed(3, "audio")
+    delta = (expected["corrupted_audio"] - expected["clean_audio"]).abs()
+    assert abs(top[0][2]) == pytest.approx(delta.max().item(), abs=1e-6) and len(top) == 3
+    assert [abs(t[2]) for t in top] == sorted((abs(t[2]) for t in top), reverse=True)
+    with pytest.raises(ValueError, match="group must be"):
+        routing.change("vision")
+
+
+def test_expert_routing_trace_needs_a_moe_model(qwen2_5_omni):
+    from lalm_lens.tracing.experts import expert_routing_trace
+
+    inp = qwen2_5_omni.prepare(clip(1.0), PROMPT, sampling_rate=16000)
+    with pytest.raises(ValueError, match="no mixture-of-experts layer"):
+        expert_routing_trace(qwen2_5_omni, inp)
