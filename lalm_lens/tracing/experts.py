@@ -99,3 +99,103 @@ def expert_routing_trace(model, inp, corruption: Union[str, Corruption, None] = 
 
     return ExpertRouting(layers, mean(clean, audio), mean(clean, text), mean(corrupted, audio), mean(corrupted, text),
                          run.description or type(corruption).__name__)
+
+
+# ------------------------------------------------------------------ expert patching
+KINDS = ("output", "routing")
+
+
+@dataclass(frozen=True)
+class ExpertPatch:
+    """`patched[i, j]`: P(answer) of the corrupted run with expert `experts[j]` of layer `layers[i]` restored
+    at `positions` (its clean weighted output, or its clean routing weight; see `expert_patch_trace`)."""
+
+    layers: tuple[int, ...]
+    experts: tuple[int, ...]
+    positions: tuple[int, ...]
+    kind: str
+    answer: int
+    p_clean: float
+    p_corrupted: float
+    patched: Tensor  # [len(layers), len(experts)]
+
+    @property
+    def recovery(self) -> Tensor:
+        """(patched - corrupted) / (clean - corrupted), per cell."""
+        return (self.patched - self.p_corrupted) / (self.p_clean - self.p_corrupted)
+
+
+def _expert_share(ids: Tensor, weights: Tensor, expert: int) -> Tensor:
+    """`[rows, pos]` routing weight of `expert` (0 where it was not chosen)."""
+    return (weights.float() * (ids == expert)).sum(-1)
+
+
+def _answer_prob(logits: Tensor, answer: int) -> float:
+    return logits[:, -1].float().softmax(-1)[:, answer].mean().item()
+
+
+@torch.no_grad()
+def expert_patch_trace(model, inp, answer: int, layers=None, experts=None, positions=None, kind: str = "output",
+                       corruption: Union[str, Corruption, None] = "silence") -> ExpertPatch:
+    """Restore one expert at a time, at one MoE layer at a time, at `positions` (default: all), in the corrupted run.
+
+    kind="output": its clean contribution replaces its corrupted one at `blocks.{l}.hook_mlp_out`
+    (clean routing weight × clean expert output, 0 where it was not chosen);
+    kind="routing": its routing weight is set to the clean one (an extra routing slot carries the
+    difference), the expert still computed on the corrupted state.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    all_layers = moe_layers(model)
+    layers = tuple(all_layers if layers is None else layers)
+    if set(layers) - set(all_layers):
+        raise ValueError(f"layers {sorted(set(layers) - set(all_layers))} are not MoE layers; these are: {all_layers}")
+    experts = tuple(range(model.cfg.n_experts) if experts is None else experts)
+    if any(not 0 <= e < model.cfg.n_experts for e in experts):
+        raise ValueError(f"experts must lie in 0..{model.cfg.n_experts - 1}, got {list(experts)}")
+    n_pos = inp["input_ids"].shape[1]
+    positions = tuple(range(n_pos) if positions is None else positions)
+    if any(not 0 <= p < n_pos for p in positions):
+        raise ValueError(f"positions must lie in 0..{n_pos - 1}, got {list(positions)}")
+    run = as_corruption(corruption).apply(model, inp)
+    check_same_layout(inp, run.inputs)
+    corrupted_inputs, noise = run.batch(), run.hooks()
+    names = {f"blocks.{l}.mlp.hook_{x}" for l in layers for x in ("topk_ids", "topk_weights", "expert_out")}
+    keep = lambda name: name in names  # noqa: E731
+    old = model.cfg.use_expert_outputs
+    model.set_use_expert_outputs(True)
+    try:
+        clean_logits, clean = model.run_with_cache(inp, names_filter=keep)
+        with model.hooks(fwd_hooks=noise):
+            corrupted_logits, corrupted = model.run_with_cache(corrupted_inputs, names_filter=keep)
+    finally:
+        model.set_use_expert_outputs(old)
+    where = torch.zeros(n_pos, dtype=torch.bool, device=model.device)
+    where[list(positions)] = True
+    patched = torch.zeros(len(layers), len(experts))
+    for i, l in enumerate(layers):
+        mlp = f"blocks.{l}.mlp."
+        for j, e in enumerate(experts):
+            if kind == "output":
+                def contribution(cache):
+                    chosen = (cache[mlp + "hook_topk_ids"] == e).unsqueeze(-1)
+                    return (cache[mlp + "hook_expert_out"] * chosen).sum(-2)  # [rows, pos, d_model]
+
+                delta = (contribution(clean) - contribution(corrupted)) * where[:, None]
+                hooks = [(f"blocks.{l}.hook_mlp_out", lambda x, hook, delta=delta: x + delta.to(x.dtype))]
+            else:
+                share = _expert_share(clean[mlp + "hook_topk_ids"], clean[mlp + "hook_topk_weights"], e)
+                share = share - _expert_share(corrupted[mlp + "hook_topk_ids"], corrupted[mlp + "hook_topk_weights"], e)
+                share = share * where
+
+                def add_slot_id(ids, hook, e=e):
+                    return torch.cat([ids, torch.full_like(ids[..., :1], e)], -1)
+
+                def add_slot_weight(w, hook, share=share):
+                    return torch.cat([w, share[..., None].to(w.dtype)], -1)
+
+                hooks = [(mlp + "hook_topk_ids", add_slot_id), (mlp + "hook_topk_weights", add_slot_weight)]
+            with model.hooks(fwd_hooks=noise + hooks):
+                patched[i, j] = _answer_prob(model(corrupted_inputs), answer)
+    return ExpertPatch(layers, experts, positions, kind, answer, _answer_prob(clean_logits, answer),
+                       _answer_prob(corrupted_logits, answer), patched)
