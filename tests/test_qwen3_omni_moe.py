@@ -108,6 +108,14 @@ def test_clips_shorter_than_a_chunk_use_the_batch_width(ours, hf):
     inp = ours.prepare([clip(0.37, seed=3), clip(0.81, seed=4)], [PROMPT, PROMPT], sampling_rate=16000)
     assert inp["feature_attention_mask"].sum(-1).tolist() == [37, 81]
     compare(ours, hf, inp, "two clips shorter than a chunk")
+    from lalm_lens.components.chunked_audio_encoder import ChunkedAudioEncoder
+    from lalm_lens.components.conv2d_audio_encoder import Conv2dChunkedAudioEncoder
+
+    with pytest.MonkeyPatch.context() as mp, torch.no_grad():  # mutation: every chunk convolved 100 frames wide
+        mp.setattr(Conv2dChunkedAudioEncoder, "frame_layout", ChunkedAudioEncoder.frame_layout)
+        d = _diff(ours(inp), hf(**inp).logits, inp["attention_mask"])
+    print(f"[without the batch-width rule] max |Δ logits| {d:.2e}")
+    assert d > TOL
 
 
 def test_text_only(ours, hf):
@@ -422,3 +430,23 @@ def test_expert_patching_refuses_bad_arguments(ours):
         expert_patch_trace(ours, inp, 0, experts=[7])
     with pytest.raises(ValueError, match="kind must be"):
         expert_patch_trace(ours, inp, 0, kind="weights")
+
+
+def test_bad_moe_and_encoder_configs_are_refused():
+    from dataclasses import replace
+
+    from lalm_lens.components.conv2d_audio_encoder import Conv2dChunkedAudioEncoder
+    from lalm_lens.components.moe import MoEMLP
+    from weight_conversion.qwen3_omni_moe import convert_config
+
+    config = convert_config(tiny.thinker_config())
+    with pytest.raises(ValueError, match="experts_per_token"):
+        MoEMLP(replace(config.lm, experts_per_token=8))
+    with pytest.raises(ValueError, match="attention_window_frames"):
+        Conv2dChunkedAudioEncoder(replace(config.encoder, attention_window_frames=50))
+    with pytest.raises(ValueError, match="conv_channels"):
+        Conv2dChunkedAudioEncoder(replace(config.encoder, conv_channels=None))
+    bad = tiny.thinker_config()
+    bad.audio_config.output_dim = 32
+    with pytest.raises(ValueError, match="output_dim"):
+        convert_config(bad)
