@@ -448,3 +448,20 @@ def test_bad_moe_and_encoder_configs_are_refused():
     bad.audio_config.output_dim = 32
     with pytest.raises(ValueError, match="output_dim"):
         convert_config(bad)
+
+
+def test_other_analyses_run_unchanged(ours):
+    """Layer mode through the fast engine (MoE layer outputs restored), the logit lens and attention knockout."""
+    from lalm_lens.tracing import attention_knockout, logit_lens
+
+    item = ours.prepare(clip(1.2, seed=32), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
+    with torch.no_grad():
+        answer = int(ours(item)[0, -1].argmax())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kw = dict(answer=answer, mode="layers", states="mlp_out", corruption=GaussianNoise(2, n_samples=1, seed=5))
+        fast, ref = causal_trace(ours, item, engine="fast", **kw), causal_trace(ours, item, engine="reference", **kw)
+        lens = logit_lens(ours, item, answer=answer)
+        knocked = attention_knockout(ours, item, answer=answer)
+    assert (fast.p_patched - ref.p_patched).abs().max().item() <= 1e-5
+    assert len(lens.clean) == ours.cfg.n_layers and len(knocked.p_knocked) >= 1
