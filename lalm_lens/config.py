@@ -35,6 +35,9 @@ class BlockConfig(TransformerLensConfig):
     # Multimodal RoPE (Qwen2.5-Omni): rotary frequencies drawn from three position streams
     # (time, height, width) in sections of these sizes (sum = d_head / 2); None: 1-D RoPE.
     mrope_section: Optional[list[int]] = None
+    # TransformerLens's optional hook points (HookedLALM.set_use_split_qkv_input / set_use_hook_mlp_in)
+    use_split_qkv_input: bool = False
+    use_hook_mlp_in: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
