@@ -184,7 +184,8 @@ def test_exact_and_eap_equal_hand_computation(family, qwen2_audio, qwen2_audio_m
         final = int(inp["attention_mask"][0].nonzero().max())
     graph = Graph.from_model(model)
     edges = sample_edges(graph)
-    exact = exact_edge_patching(model, inp, corruption, answer=answer)
+    names = [(graph.senders[s], graph.receivers[r].name) for s, r in edges]
+    exact = exact_edge_patching(model, inp, corruption, answer=answer, edges=names)
     eap = edge_attribution(model, inp, corruption, answer=answer, method="eap")
     hand_exact, hand_eap = by_hand(model, inp, corr_inputs, corr_hooks, answer, edges, final)
     worst_exact = max(abs(float(exact.scores[e]) - v) for e, v in hand_exact.items())
@@ -192,7 +193,7 @@ def test_exact_and_eap_equal_hand_computation(family, qwen2_audio, qwen2_audio_m
     assert worst_exact <= 1e-5, worst_exact
     assert worst_eap <= 1e-5, worst_eap
     assert max(abs(v) for v in hand_exact.values()) > 1e-4  # the sampled edges matter
-    assert (exact.scores[~graph.valid] == 0).all()
+    assert (eap.scores[~graph.valid] == 0).all()
 
 
 def test_ig_with_one_step_is_eap_and_more_steps_move(qwen2_audio, gqa_item):
@@ -207,8 +208,9 @@ def test_ig_with_one_step_is_eap_and_more_steps_move(qwen2_audio, gqa_item):
 
 def test_path_patching_is_one_edge(qwen2_audio, gqa_item):
     inp, answer = gqa_item
-    exact = exact_edge_patching(qwen2_audio, inp, answer=answer)
+    exact = exact_edge_patching(qwen2_audio, inp, answer=answer, edges=[("a0.h1", "a1.kv1<k>"), ("m0", "logits")])
     g = exact.graph
+    assert int((exact.scores != 0).sum()) == 2
     v = path_patching(qwen2_audio, inp, answer=answer, sender="a0.h1", receiver="a1.h3<k>")  # query head 3 -> kv head 1
     assert v == pytest.approx(float(exact.scores[g.sender_index("a0.h1"), g.receiver_index("a1.kv1<k>")]), abs=1e-6)
     with pytest.raises(ValueError, match="does not reach"):

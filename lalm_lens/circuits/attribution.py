@@ -63,40 +63,66 @@ def sender_hook_names(graph: Graph) -> list[tuple[str, Optional[int]]]:
     return names
 
 
+class ScoreAccumulator:
+    """Edge scores Δ_sender · gradient, added per receiver hook as the backward reaches it (weighted)."""
+
+    def __init__(self, graph: Graph, delta: Tensor, groups: Optional[Tensor] = None):
+        self.graph, self.delta, self.weight = graph, delta, 1.0
+        self.groups = None if groups is None else groups.to(delta.device, delta.dtype)
+        shape = (*graph.valid.shape, *(() if groups is None else (groups.shape[1],)))
+        self.scores = torch.zeros(shape, dtype=torch.float64)
+        self.columns: dict[str, list[int]] = {}
+        for r, rec in enumerate(graph.receivers):
+            name = ("logits" if rec.kind == "logits" else
+                    f"blocks.{rec.layer}.hook_mlp_in" if rec.kind == "mlp" else f"blocks.{rec.layer}.hook_{rec.kind}_input")
+            self.columns.setdefault(name, []).append(r)
+        self.columns[f"blocks.{graph.n_layers - 1}.hook_resid_post"] = self.columns.pop("logits")
+
+    def __call__(self, name: str, grad: Tensor) -> None:
+        cols = self.columns[name]
+        n_up = int(self.graph.valid[:, cols[0]].sum())  # senders are ordered: upstream ones come first
+        d = self.delta[:n_up]
+        g = grad[0].to(d.dtype)
+        if g.ndim == 2:
+            g = g[:, None]  # [pos, 1, d_model]: one receiver
+        if self.groups is None:
+            part = torch.einsum("spm,phm->sh", d, g)
+        else:
+            part = torch.einsum("spm,phm,pg->shg", d, g, self.groups)
+        self.scores[:n_up, cols] += self.weight * part.double().cpu()
+
+
 def item_scores(model, graph: Graph, item: EdgeItem, method: str, steps: int,
-                position_groups: Optional[Tensor] = None) -> tuple[Tensor, float, float]:
+                position_groups: Optional[Tensor] = None, edges=None) -> tuple[Tensor, float, float]:
     """Edge scores `[senders, receivers]` (or `[senders, receivers, groups]`) of one item, and its
     clean and corrupted metric."""
     clean_out, clean_resid, clean_score = sender_outputs(model, graph, item)
     corr_out, corr_resid, corr_scores = sender_outputs(model, graph, item, corrupted=True)
-    delta = corr_out.mean(0) - clean_out[0]  # [senders, pos, d_model]
+    scores = (float(clean_score[0]), float(corr_scores.mean()))
     if method == "exact":
-        return exact_scores(model, graph, item, clean_out, corr_out, clean_resid[0]), float(clean_score[0]), float(corr_scores.mean())
+        return exact_scores(model, graph, item, clean_out, corr_out, clean_resid[0], edges), *scores
+    delta = corr_out.mean(0) - clean_out[0]  # [senders, pos, d_model]
+    targets = None
+    if method == "eap-ig-activations":
+        targets = (clean_out[0], corr_out.mean(0))
+    del clean_out, corr_out
+    acc = ScoreAccumulator(graph, delta, position_groups)
     n = 1 if method == "eap" else steps
-    grads = torch.zeros(len(graph.receivers), *delta.shape[1:], dtype=torch.float32, device=delta.device)
+    acc.weight = 1.0 / n
+    x0, x1 = corr_resid[:, 0].mean(0), clean_resid[0, 0]
     for k in range(1, n + 1):
         alpha = k / n
         if n == 1:
-            g, _ = receiver_gradients(model, graph, item)
+            receiver_gradients(model, graph, item, acc)
         elif method == "eap-ig-inputs":
-            x0, x1 = corr_resid[:, 0].mean(0), clean_resid[0, 0]
-            g, _ = receiver_gradients(model, graph, item, input_value=x0 + alpha * (x1 - x0))
+            receiver_gradients(model, graph, item, acc, input_value=x0 + alpha * (x1 - x0))
         else:
-            g, _ = receiver_gradients(model, graph, item, sender_values=_interpolated(
-                graph, clean_out[0], corr_out.mean(0), alpha, clean_resid, corr_resid))
-        grads += g.float()
-    grads /= n
-    d, g = delta.float(), grads
-    if position_groups is None:
-        scores = torch.einsum("spm,rpm->sr", d, g)
-    else:
-        scores = torch.einsum("spm,rpm,pg->srg", d, g, position_groups.to(d))
+            receiver_gradients(model, graph, item, acc, sender_values=_interpolated(graph, *targets, alpha, x0, x1))
     valid = graph.valid if position_groups is None else graph.valid[..., None]
-    return scores.masked_fill(~valid.to(scores.device), 0.0).cpu(), float(clean_score[0]), float(corr_scores.mean())
+    return acc.scores.masked_fill(~valid, 0.0), *scores
 
 
-def _interpolated(graph: Graph, clean: Tensor, corr: Tensor, alpha: float, clean_resid: Tensor,
-                  corr_resid: Tensor) -> dict[str, Tensor]:
+def _interpolated(graph: Graph, clean: Tensor, corr: Tensor, alpha: float, x0: Tensor, x1: Tensor) -> dict[str, Tensor]:
     """Every sender hook's value at `corrupted + alpha (clean − corrupted)`."""
     values: dict[str, Tensor] = {}
     n_in = len(graph.inputs)
@@ -108,7 +134,6 @@ def _interpolated(graph: Graph, clean: Tensor, corr: Tensor, alpha: float, clean
             values.setdefault(name, torch.zeros(1, mix.shape[1], graph.n_heads, mix.shape[2], dtype=mix.dtype,
                                                 device=mix.device))
             values[name][0, :, head] = mix[n_in + i]
-    x0, x1 = corr_resid[:, 0].mean(0), clean_resid[0, 0]
     values["blocks.0.hook_resid_pre"] = (x0 + alpha * (x1 - x0))[None]
     return values
 
@@ -141,19 +166,25 @@ def edge_attribution(
     steps: int = 5,
     graph: Optional[Graph] = None,
     by_position: bool = False,
+    edges: Optional[Sequence[tuple[str, str]]] = None,
 ) -> EdgeScores:
     """Edge scores of one item (`answer=`) or of a list of `(input, answer)` pairs (averaged).
 
     `method`: "eap", "eap-ig-inputs" (default), "eap-ig-activations" or "exact" (one patched
     run per edge, the ground truth). `corruption` and `metric` are the library's values (as in
     `causal_trace`). `by_position=True` keeps position groups apart (`audio`, the prompt groups,
-    `final`): scores `[senders, receivers, groups]`.
+    `final`): scores `[senders, receivers, groups]`. `edges` (exact only): score just these
+    `(sender, receiver)` names (the others stay 0).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     steps = _check_steps(steps)
     pairs = _items(clean, answer, metric)
     graph = graph or Graph.from_model(model)
+    if edges is not None:
+        if method != "exact":
+            raise ValueError("edges= selects edges of exact patching only (method='exact')")
+        edges = [_edge_index(graph, s, r) for s, r in edges]
     specs = {}
     total, cleans, corrs, group_names = None, [], [], None
     for inp, ans, item_metric in pairs:
@@ -164,7 +195,7 @@ def edge_attribution(
         if by_position:
             group_names = group_names or sorted(set(item.groups), key=item.groups.index)
             groups = torch.tensor([[float(g == name) for name in group_names] for g in item.groups])
-        scores, c, k = item_scores(model, graph, item, method, steps, groups)
+        scores, c, k = item_scores(model, graph, item, method, steps, groups, edges)
         total = scores.double() if total is None else total + scores.double()
         cleans.append(c)
         corrs.append(k)
@@ -175,9 +206,18 @@ def edge_attribution(
 
 
 def exact_edge_patching(model, clean, corruption="silence", *, answer=None, metric=None,
-                        graph: Optional[Graph] = None) -> EdgeScores:
-    """The ground truth of edge attribution: one patched run per edge (see `edge_attribution`)."""
-    return edge_attribution(model, clean, corruption, answer=answer, metric=metric, method="exact", graph=graph)
+                        graph: Optional[Graph] = None, edges: Optional[Sequence[tuple[str, str]]] = None) -> EdgeScores:
+    """The ground truth of edge attribution: one patched run per edge, or per edge of `edges`
+    (`(sender, receiver)` names); see `edge_attribution`."""
+    return edge_attribution(model, clean, corruption, answer=answer, metric=metric, method="exact", graph=graph,
+                            edges=edges)
+
+
+def _edge_index(graph: Graph, sender: str, receiver: str) -> tuple[int, int]:
+    s, r = graph.sender_index(sender), graph.receiver_index(_kv_name(graph, receiver))
+    if not graph.valid[s, r]:
+        raise ValueError(f"{sender} does not reach {receiver}: a sender reaches only receivers after it")
+    return s, r
 
 
 def path_patching(model, clean, corruption="silence", *, answer, sender: str, receiver: str,
@@ -187,10 +227,7 @@ def path_patching(model, clean, corruption="silence", *, answer, sender: str, re
     `receiver` names one input of a node: "a3.h1<q>", "a3.h1<k>" (its key/value head's input),
     "m3" or "logits"; everything after the receiver is recomputed (Wang et al. 2022)."""
     graph = graph or Graph.from_model(model)
-    s = graph.sender_index(sender)
-    r = graph.receiver_index(_kv_name(graph, receiver))
-    if not graph.valid[s, r]:
-        raise ValueError(f"{sender} does not reach {receiver}: a sender reaches only receivers after it")
+    s, r = _edge_index(graph, sender, receiver)
     spec = TraceSpec(model, corruption=corruption, metric=metric, engine="reference")
     item = edge_item(model, graph, spec, clean, answer)
     clean_out, clean_resid, _ = sender_outputs(model, graph, item)

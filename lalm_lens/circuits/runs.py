@@ -103,24 +103,27 @@ def sender_outputs(model, graph: Graph, item: EdgeItem, corrupted: bool = False
     return torch.stack(outs, 1), torch.stack(resid, 1), scores
 
 
-def receiver_gradients(model, graph: Graph, item: EdgeItem,
+def receiver_gradients(model, graph: Graph, item: EdgeItem, on_grad: Callable[[str, Tensor], None],
                        input_value: Optional[Tensor] = None,
-                       sender_values: Optional[dict[str, Tensor]] = None) -> tuple[Float[Tensor, "receivers pos d_model"], float]:
-    """d metric / d (each receiver's input) in the clean run, and the metric.
+                       sender_values: Optional[dict[str, Tensor]] = None) -> float:
+    """Backpropagate the metric of the clean run, handing d metric / d (each receiver hook's input)
+    to `on_grad(hook_name, grad)` as the backward reaches it (so no gradient is kept); returns the metric.
 
-    `input_value` replaces the residual entering block 0 (`[pos, d_model]`, for integrated
-    gradients over the input); `sender_values` (hook name -> value) replaces sender outputs in
-    the forward while passing gradients straight through (integrated gradients over activations).
+    Receiver hooks: `blocks.{l}.hook_{q,k,v}_input` (`[1, pos, heads, d_model]`), `blocks.{l}.hook_mlp_in`
+    and, for the logits, `blocks.{L-1}.hook_resid_post` (`[1, pos, d_model]`). `input_value` replaces
+    the residual entering block 0 (`[pos, d_model]`, integrated gradients over the input);
+    `sender_values` (hook name -> value) replaces sender outputs in the forward while passing
+    gradients straight through (integrated gradients over activations).
     """
     L = graph.n_layers
-    taken: dict[str, Tensor] = {}
 
     def start(x, hook):
         x = x if input_value is None else input_value.to(x.dtype)[None].expand_as(x)
         return x.detach().clone().requires_grad_(True)
 
     def take(x, hook):
-        taken[hook.name] = x
+        name = hook.name
+        x.register_hook(lambda grad: on_grad(name, grad))
         return x
 
     def replace(x, hook):
@@ -136,15 +139,8 @@ def receiver_gradients(model, graph: Graph, item: EdgeItem,
     with torch.enable_grad(), edge_hooks(model), model.hooks(fwd_hooks=hooks):
         logits = model(item.job.clean)
         metric = item.job.score(logits[:, item.job.final]).sum()
-        names = list(taken)
-        grads = dict(zip(names, torch.autograd.grad(metric, [taken[n] for n in names])))
-    out: list[Tensor] = []
-    for layer in range(L):
-        for k in "qkv":
-            out.extend(grads[f"blocks.{layer}.hook_{k}_input"][0].unbind(1))
-        out.append(grads[f"blocks.{layer}.hook_mlp_in"][0])
-    out.append(grads[f"blocks.{L - 1}.hook_resid_post"][0])
-    return torch.stack(out), float(metric.detach())
+        metric.backward()
+    return float(metric.detach())
 
 
 def patched_scores(model, graph: Graph, item: EdgeItem, clean_resid: Tensor, deltas: Callable[[int], Tensor],
