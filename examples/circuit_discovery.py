@@ -57,7 +57,8 @@ def main() -> None:
         row = dict(faithfulness={f"{f:.0%} ({c.n_edges} edges after pruning)": v
                                  for f, c, v in zip(FRACTIONS, circuits, curve.faithfulness)})
         if method != "exact":
-            row.update(spearman=spearman(s, exact), top1pct_overlap=top_overlap(s, exact, 0.01),
+            row.update(spearman=spearman(s, exact), spearman_top5pct=spearman(s, exact, among=0.05),
+                       top1pct_overlap=top_overlap(s, exact, 0.01),
                        top5pct_overlap=top_overlap(s, exact, 0.05))
         summary["methods"][method] = row
         ax.plot([100 * f for f in FRACTIONS], curve.faithfulness, marker="o", label=method)

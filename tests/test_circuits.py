@@ -268,3 +268,44 @@ def test_bad_arguments_are_refused(qwen2_audio, gqa_item):
     with pytest.raises(ValueError, match="ablation must be one of"):
         scores = edge_attribution(qwen2_audio, inp, answer=answer, method="eap")
         evaluate_circuit(qwen2_audio, Circuit.top_n(scores, 5), inp, answer=answer, ablation="resample")
+
+
+def test_cli_circuit_on_demo_letters(tmp_path, capsys):
+    from lalm_lens.cli import main
+
+    out = tmp_path / "circ"
+    assert main(["circuit", "--out", str(out), "-n", "1", "--method", "eap", "--fraction", "0.05"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("edge_scores.json", "circuit.json", "faithfulness.json", "faithfulness.png", "circuit.png",
+                 "edge_scores.png", "summary.json"):
+        assert (out / name).is_file(), name
+    scores = EdgeScores.load(out / "edge_scores.json")
+    circuit = Circuit.load(out / "circuit.json")
+    assert scores.n_items == 1 and scores.method == "eap"
+    assert circuit.n_edges <= round(0.05 * scores.graph.n_edges)
+    assert f"circuit: {circuit.n_edges} of {scores.graph.n_edges} edges" in printed
+    assert "-0.00" not in printed
+    assert main(["circuit", "--out", str(out), "--fraction", "0"]) == 2
+    assert main(["circuit", "--model", "some/folder", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--fraction must be in (0, 1]" in err and "--items is required" in err
+
+
+def test_models_whose_residual_is_not_a_sum_are_refused(qwen2_audio, gqa_item):
+    inp, answer = gqa_item
+    block = qwen2_audio.blocks[0]
+    with qwen2_audio.hooks(fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: 2.0 * x)]):
+        # a hook is fine (the sender's output is what the hook returns) ...
+        edge_attribution(qwen2_audio, inp, answer=answer, method="eap")
+    original = type(block).forward
+
+    def scaled(self, resid, *args, **kwargs):  # a block with a residual multiplier, as Granite's
+        out = original(self, resid, *args, **kwargs)
+        return resid + 0.5 * (out - resid)
+
+    type(block).forward = scaled
+    try:
+        with pytest.raises(NotImplementedError, match="add its attention and MLP outputs"):
+            edge_attribution(qwen2_audio, inp, answer=answer, method="eap")
+    finally:
+        type(block).forward = original

@@ -14,10 +14,14 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(pd.Series(x.double().numpy()).rank(method="average").to_numpy() - 1.0)
 
 
-def spearman(a: EdgeScores, b: EdgeScores) -> float:
-    """Spearman's rho between the two scorings over every valid edge."""
+def spearman(a: EdgeScores, b: EdgeScores, among: float | None = None) -> float:
+    """Spearman's rho between the two scorings over every valid edge (or over `b`'s top `among`
+    fraction of edges by |score|, where the near-zero mass of unimportant edges cannot dominate)."""
     _, x = a.flat()
     _, y = b.flat()
+    if among is not None:
+        keep = y.abs().argsort(descending=True)[:max(2, round(among * len(y)))]
+        x, y = x[keep], y[keep]
     rx, ry = _ranks(x), _ranks(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     return float((rx * ry).sum() / (rx.norm() * ry.norm()))

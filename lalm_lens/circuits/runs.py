@@ -100,7 +100,24 @@ def sender_outputs(model, graph: Graph, item: EdgeItem, corrupted: bool = False
     with torch.no_grad(), edge_hooks(model), model.hooks(fwd_hooks=hooks):
         logits = model(inputs)
     scores = item.job.score(logits[:, item.job.final]).double()
-    return torch.stack(outs, 1), torch.stack(resid, 1), scores
+    outs, resid = torch.stack(outs, 1), torch.stack(resid, 1)
+    check_decomposition(model, outs, resid[:, -1])
+    return outs, resid, scores
+
+
+def check_decomposition(model, outs: Tensor, final: Tensor) -> None:
+    """The graph assumes the final residual is the sum of the senders' outputs plus the attention
+    biases; a block that scales or normalises its outputs into the stream breaks that: refuse."""
+    bias = sum(block.attn.b_O.detach() for block in model.blocks)
+    total = outs.sum(1) + bias.to(outs.dtype)
+    err = float((total - final).abs().max())
+    scale = float(final.abs().max()) or 1.0
+    tol = 1e-4 if final.dtype == torch.float32 else 2e-2
+    if err > tol * scale:
+        raise NotImplementedError(
+            f"edge attribution needs each block to add its attention and MLP outputs to the residual stream unchanged; "
+            f"in this model ({type(model.blocks[0]).__name__}) the final residual differs from the sum of the senders' "
+            f"outputs by {err:.3g} (of {scale:.3g}), e.g. residual multipliers or post-norms")
 
 
 def receiver_gradients(model, graph: Graph, item: EdgeItem, on_grad: Callable[[str, Tensor], None],
