@@ -49,6 +49,9 @@ class BlockConfig(TransformerLensConfig):
     moe_layers: Optional[list[int]] = None
     # Hook each chosen expert's weighted output (`mlp.hook_expert_out`, [batch, pos, k, d_model]); costs memory.
     use_expert_outputs: bool = False
+    # TransformerLens's optional hook points (HookedLALM.set_use_split_qkv_input / set_use_hook_mlp_in)
+    use_split_qkv_input: bool = False
+    use_hook_mlp_in: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

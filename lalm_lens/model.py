@@ -271,6 +271,18 @@ class HookedLALM(HookedRootModule):
 
         return AudioBoundModel(self, inp)
 
+    def set_use_attn_result(self, use: bool) -> None:
+        """Per-head attention outputs at `blocks.{l}.attn.hook_result` ([batch, pos, head, d_model]), as in TransformerLens."""
+        self.cfg.use_attn_result = bool(use)
+
+    def set_use_split_qkv_input(self, use: bool) -> None:
+        """Per-head q/k/v inputs at `blocks.{l}.hook_{q,k,v}_input` (k/v: one per key/value head under GQA)."""
+        self.cfg.use_split_qkv_input = bool(use)
+
+    def set_use_hook_mlp_in(self, use: bool) -> None:
+        """The MLP's input (the residual before `ln2`) at `blocks.{l}.hook_mlp_in`."""
+        self.cfg.use_hook_mlp_in = bool(use)
+
     @property
     def W_U(self) -> Tensor:
         return self.unembed.W_U

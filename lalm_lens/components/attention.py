@@ -33,6 +33,11 @@ def project(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return out.view(*x.shape[:-1], heads, d_head)
 
 
+def project_heads(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """Each head's own input through its own weights: `[batch, pos, heads, d_model]` -> `[batch, pos, heads, d_head]`."""
+    return torch.einsum("bphm,hmd->bphd", x, W) + b
+
+
 class Attention(nn.Module):
     """Bidirectional or causal multi-head attention; the mask comes from the caller."""
 
@@ -103,6 +108,27 @@ class Attention(nn.Module):
     ) -> Float[Tensor, "batch pos d_model"]:
         q = self.position_query(self.hook_q(project(x, self.W_Q, self.b_Q)), rope)
         k, v = self.key_value(x, rope)
+        return self.attend_and_write(q, k, v, mask, kv_cache)
+
+    def forward_split(
+        self,
+        q_in: Float[Tensor, "batch pos head d_model"],
+        k_in: Float[Tensor, "batch pos kv_head d_model"],
+        v_in: Float[Tensor, "batch pos kv_head d_model"],
+        mask: Optional[Tensor] = None,
+        rope: Optional[tuple[Tensor, Tensor]] = None,
+        kv_cache: Optional[KVCache] = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """The same attention with a separate (normalised) input per head for q, k and v
+        (`cfg.use_split_qkv_input`); k/v inputs are per key/value head."""
+        q = self.position_query(self.hook_q(project_heads(q_in, self.W_Q, self.b_Q)), rope)
+        k = self.position_key(self.hook_k(project_heads(k_in, self.W_K, self.b_K)), rope)
+        v = self.hook_v(project_heads(v_in, self.W_V, self.b_V))
+        return self.attend_and_write(q, k, v, mask, kv_cache)
+
+    def attend_and_write(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
+                         kv_cache: Optional[KVCache]) -> Float[Tensor, "batch pos d_model"]:
+        """Attention of positioned q/k/v, then the output projection (per head if `use_attn_result`)."""
         if kv_cache is not None and kv_cache.shared:
             z = kv_cache.attend(self, q, k, v, mask)
         else:

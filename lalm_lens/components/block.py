@@ -53,6 +53,12 @@ class TransformerBlock(nn.Module):
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+        # TransformerLens's optional hook points, active only when switched on (HookedLALM.set_use_*):
+        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model], cfg.use_split_qkv_input
+        self.hook_k_input = HookPoint()  # [batch, pos, kv_head, d_model] (one per key/value head under GQA)
+        self.hook_v_input = HookPoint()  # [batch, pos, kv_head, d_model]
+        self.hook_mlp_in = HookPoint()  # [batch, pos, d_model], cfg.use_hook_mlp_in
+        self.cfg = cfg
 
     def forward(
         self,
@@ -62,7 +68,19 @@ class TransformerBlock(nn.Module):
         kv_cache: Optional[KVCache] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid), mask, rope, kv_cache))
+        attn_out = self.hook_attn_out(self.attention(resid, mask, rope, kv_cache))
         resid = self.hook_resid_mid(resid + attn_out)
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        mlp_in = self.hook_mlp_in(resid.clone()) if self.cfg.use_hook_mlp_in else resid
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
         return self.hook_resid_post(resid + mlp_out)
+
+    def attention(self, resid: Tensor, mask: Optional[Tensor], rope, kv_cache: Optional[KVCache]) -> Tensor:
+        """`attn(ln1(resid))`; with `use_split_qkv_input`, each head's q/k/v input is its own copy of
+        `resid` (hooked before `ln1`), as in TransformerLens."""
+        if not self.cfg.use_split_qkv_input:
+            return self.attn(self.ln1(resid), mask, rope, kv_cache)
+        per_head = lambda n: resid[:, :, None, :].expand(-1, -1, n, -1).clone()  # noqa: E731
+        q_in = self.hook_q_input(per_head(self.cfg.n_heads))
+        k_in = self.hook_k_input(per_head(self.attn.n_kv_heads))
+        v_in = self.hook_v_input(per_head(self.attn.n_kv_heads))
+        return self.attn.forward_split(self.ln1(q_in), self.ln1(k_in), self.ln1(v_in), mask, rope, kv_cache)
