@@ -17,9 +17,11 @@ from lalm_lens.families.qwen2_5_omni import QWEN2_5_OMNI
 from lalm_lens.families.qwen2_audio import QWEN2_AUDIO
 from lalm_lens.families.qwen_audio import QWEN_AUDIO
 from lalm_lens.families.voxtral import VOXTRAL
+from lalm_lens.families.voxtral_realtime import VOXTRAL_REALTIME
 from weight_conversion.base import UnknownFamilyError
 
-REGISTRY: tuple[Family, ...] = (QWEN2_AUDIO, VOXTRAL, DESTA25, DESTA2, QWEN_AUDIO, AUDIO_FLAMINGO3, QWEN2_5_OMNI)
+REGISTRY: tuple[Family, ...] = (QWEN2_AUDIO, VOXTRAL, DESTA25, DESTA2, QWEN_AUDIO, AUDIO_FLAMINGO3, QWEN2_5_OMNI,
+                              VOXTRAL_REALTIME)
 
 
 def family_for(model_type: Optional[str]) -> Family:
