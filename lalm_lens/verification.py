@@ -125,8 +125,8 @@ def verify(
     lm = [_diff(cache[f"blocks.{i}.hook_resid_pre"], out.hidden_states[i]) for i in range(n)]
     lm.append(_diff(model.ln_final(cache[f"blocks.{n - 1}.hook_resid_post"]), out.hidden_states[n]))
     valid = _encoder_valid_positions(model, inp)
-    encoder = [
-        _diff(cache[f"audio_encoder.blocks.{i}.hook_resid_post"][:, :valid], h[:, :valid])
+    encoder = [  # positions both computed (Voxtral Realtime's original encodes only the steps its prompt hears)
+        _diff(cache[f"audio_encoder.blocks.{i}.hook_resid_post"][:, :min(valid, h.shape[1])], h[:, :valid])
         for i, h in enumerate(enc_outputs[:n_enc])
     ]
     audio_diff = None

@@ -52,6 +52,9 @@ def save_realtime(folder: Path, seed: int = 0, **windows) -> Path:
     torch.manual_seed(seed)
     model = VoxtralRealtimeForConditionalGeneration(realtime_config(**windows)).eval()
     scale_init(model, seed=seed)
+    with torch.no_grad():  # scale_init draws anything named "embed" at std 1; the conv stem ("embedder") wants 1/sqrt(fan_in)
+        for conv in (model.model.audio_tower.embedder.conv1, model.model.audio_tower.embedder.conv2):
+            conv.weight.normal_(0, conv.weight[0].numel() ** -0.5, generator=torch.Generator().manual_seed(seed))
     model.save_pretrained(folder)
     realtime_processor(folder)
     return folder
