@@ -12,7 +12,7 @@ from transformers import VoxtralRealtimeForConditionalGeneration
 from lalm_lens import HookedLALM
 from lalm_lens.families.voxtral_realtime.reference import cropped
 from lalm_lens.tracing import GaussianNoise, Silence, causal_trace, token_groups
-from tests.tiny_models import clip
+from tests.tiny_models import assert_bf16_agrees, clip
 from tests.tiny_realtime import N_LEFT, STREAMING_PAD, save_realtime
 
 TOL = 1e-4
@@ -195,3 +195,23 @@ def test_verify_passes(realtime_dir):
 
     report_ = lalm_lens.verify(str(realtime_dir), device="cpu", prompt=None)
     assert report_.passed and len(report_.encoder_layers) == 2, str(report_)
+
+
+@torch.no_grad()
+def test_delay_travels_with_bound_audio(realtime):
+    """`with_audio` (for `transformer_lens.patching`) keeps the input's delay, which conditions every layer."""
+    inp = realtime.prepare(clip(1.0, seed=10), answer_prefix=PREFIX, sampling_rate=16000)
+    bound = realtime.with_audio(dict(inp, num_delay_tokens=torch.tensor(DELAY + 2)))
+    assert max_diff(bound(inp["input_ids"]), realtime(inp, num_delay_tokens=DELAY + 2)) == 0.0
+    assert max_diff(bound(inp["input_ids"]), realtime(inp)) > TOL
+
+
+@torch.no_grad()
+def test_bfloat16_within_documented_tolerance(realtime_dir, realtime_hf):
+    ours = HookedLALM.from_pretrained(realtime_dir, device="cpu", dtype=torch.bfloat16)
+    hf = VoxtralRealtimeForConditionalGeneration.from_pretrained(realtime_dir, dtype=torch.bfloat16).eval()
+    inp = ours.prepare(clip(1.5, seed=11), answer_prefix=PREFIX, sampling_rate=16000)
+    ref = cropped(inp)
+    a = ours(inp)
+    b = hf(**dict(ref, input_features=ref["input_features"].to(torch.bfloat16))).logits
+    assert_bf16_agrees(a, b, realtime_hf(**ref).logits)
