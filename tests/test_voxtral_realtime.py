@@ -132,7 +132,7 @@ def test_generate_equals_hf_greedy(realtime, realtime_hf):
 
 
 @pytest.mark.parametrize("mode, states, window, corruption", [
-    ("tokens", "resid_post", 1, "silence"), ("layers", "mlp_out", 3, "noise"), ("tokens", "resid_pre", 1, "noise")])
+    ("tokens", "resid_post", 1, "silence"), ("layers", "mlp_out", 3, "noise")])
 def test_fast_engine_equals_reference(realtime, mode, states, window, corruption):
     """Exact with the decoder's sliding window (12 < 45 positions) and the time conditioning."""
     item = realtime.prepare(clip(1.0, seed=31), answer_prefix=PREFIX, sampling_rate=16000)
@@ -153,7 +153,7 @@ def test_fast_engine_equals_reference(realtime, mode, states, window, corruption
 @torch.no_grad()
 def test_mutations_move_logits(realtime, realtime_hf, capsys):
     """Each bug the agreement tests must catch: a window off by one, the time embedding of the wrong step."""
-    inp = realtime.prepare(clip(3.0, seed=8), answer_prefix=PREFIX, sampling_rate=16000)
+    inp = realtime.prepare(clip(1.5, seed=8), answer_prefix=PREFIX, sampling_rate=16000)
     ref = realtime_hf(**cropped(inp)).logits
     assert max_diff(realtime(inp), ref) <= TOL
     moved = {}
