@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-AUDIO_KEYS = ("input_features", "feature_attention_mask")
+AUDIO_KEYS = ("input_features", "feature_attention_mask", "num_delay_tokens")  # the last: Voxtral Realtime's delay
 
 
 class AudioBoundModel:

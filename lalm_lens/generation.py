@@ -31,7 +31,7 @@ def greedy_generate(
         pad = int(eos[0]) if len(eos) else 0
     positions = (attn.long().cumsum(-1) - 1).masked_fill(attn == 0, 0)
     cache = KVCache(model.cfg.n_layers)
-    audio = {k: inputs[k] for k in ("input_features", "feature_attention_mask") if k in inputs}
+    audio = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "position_ids")}
     logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, kv_cache=cache, **audio)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     out = []

@@ -155,7 +155,9 @@ def verify(
             h.remove()
     n, valid = len(ours.lm) - 1, ours.encoder_valid
     lm = [_diff(ours.lm[i], out.hidden_states[i]) for i in range(n + 1)]
-    encoder = [_diff(mine[:, :valid], h[:, :valid]) for mine, h in zip(ours.encoder, enc_outputs)]
+    encoder = [  # positions both computed (Voxtral Realtime's original encodes only the steps its prompt hears)
+        _diff(mine[:, :min(valid, h.shape[1])], h[:, :valid]) for mine, h in zip(ours.encoder, enc_outputs)
+    ]
     audio_diff = None
     if getattr(out, "audio_embeds", None) is not None:
         audio_diff = _diff(ours.audio_embeds, out.audio_embeds)

@@ -78,6 +78,19 @@ QWEN3_OMNI_30B_A3B_INSTRUCT = dict(
                            intermediate_size=4304, out_hidden_size=2048, patch_size=16, spatial_merge_size=2,
                            temporal_patch_size=2, num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24]),
     ),
+# Voxtral-Mini-4B-Realtime-2602 (transformers' VoxtralRealtimeConfig defaults were written from this checkpoint):
+# causal encoder 32 x 1280 (32 heads x 64, window 750 frames), Ministral-3 decoder 26 x 3072 (GQA 32/8 x 128,
+# window 8192), embeddings tied to the head.
+VOXTRAL_MINI_4B_REALTIME = dict(
+    model_type="voxtral_realtime", audio_length_per_tok=8, default_num_delay_tokens=6, downsample_factor=4,
+    projector_hidden_act="gelu", tie_word_embeddings=True,
+    audio_config=dict(model_type="voxtral_realtime_encoder", hidden_size=1280, intermediate_size=5120,
+                      num_hidden_layers=32, num_attention_heads=32, head_dim=64, num_mel_bins=128,
+                      sliding_window=750, rms_norm_eps=1e-5, max_position_embeddings=1500),
+    text_config=dict(model_type="voxtral_realtime_text", vocab_size=131072, hidden_size=3072, intermediate_size=9216,
+                     num_hidden_layers=26, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                     rms_norm_eps=1e-5, rope_theta=1000000.0, sliding_window=8192, max_position_embeddings=131072,
+                     tie_word_embeddings=True),
 )
 
 WHISPER_LARGE_V3 = dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,

@@ -26,7 +26,7 @@ def check_coverage(family, config, sources) -> HookedLALM:
     for cfg in (config.lm, config.encoder):
         cfg.dtype = torch.bfloat16
     with torch.device("meta"):
-        ours = HookedLALM(config)
+        ours = (family.model_class or HookedLALM)(config)
     filled = set()
     for tensors, key_map in sources:
         filled |= load_checkpoint(ours, tensors, key_map, what=f"released {family.name}")
@@ -142,6 +142,8 @@ CASES = {
                                            rc.AUDIO_FLAMINGO_3),
     "Qwen2.5-Omni-7B": omni_case,
     "Qwen3-Omni-30B-A3B-Instruct": qwen3_omni_case,  # the fused in-memory layout is tested on a tiny model
+    "Voxtral-Mini-4B-Realtime-2602": lambda: hf_case("VoxtralRealtimeConfig", "VoxtralRealtimeForConditionalGeneration",
+                                                     rc.VOXTRAL_MINI_4B_REALTIME),
 }
 
 

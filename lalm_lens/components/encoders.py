@@ -5,6 +5,7 @@ from __future__ import annotations
 from lalm_lens.components.audio_encoder import AudioEncoder, PaddedAudioEncoder, QwenAudioEncoder
 from lalm_lens.components.chunked_audio_encoder import ChunkedAudioEncoder
 from lalm_lens.components.conv2d_audio_encoder import Conv2dChunkedAudioEncoder
+from lalm_lens.components.streaming_audio_encoder import StreamingAudioEncoder
 from lalm_lens.config import EncoderConfig
 
 ENCODERS: dict[str, type[AudioEncoder]] = {
@@ -13,6 +14,7 @@ ENCODERS: dict[str, type[AudioEncoder]] = {
     "qwen_audio": QwenAudioEncoder,  # cropped at the clip's own length (Qwen-Audio v1)
     "chunked": ChunkedAudioEncoder,  # Qwen2.5-Omni: per-chunk convolutions, windowed attention
     "chunked_conv2d": Conv2dChunkedAudioEncoder,  # Qwen3-Omni: Conv2d stem per chunk, 8-chunk attention windows
+    "streaming": StreamingAudioEncoder,  # Voxtral Realtime: causal convolutions, sliding-window causal attention
 }
 
 

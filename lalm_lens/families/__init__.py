@@ -18,10 +18,11 @@ from lalm_lens.families.qwen2_audio import QWEN2_AUDIO
 from lalm_lens.families.qwen3_omni_moe import QWEN3_OMNI_MOE
 from lalm_lens.families.qwen_audio import QWEN_AUDIO
 from lalm_lens.families.voxtral import VOXTRAL
+from lalm_lens.families.voxtral_realtime import VOXTRAL_REALTIME
 from weight_conversion.base import UnknownFamilyError
 
 REGISTRY: tuple[Family, ...] = (QWEN2_AUDIO, VOXTRAL, DESTA25, DESTA2, QWEN_AUDIO, AUDIO_FLAMINGO3, QWEN2_5_OMNI,
-                                QWEN3_OMNI_MOE)
+                                QWEN3_OMNI_MOE, VOXTRAL_REALTIME)
 
 
 def family_for(model_type: Optional[str]) -> Family:
