@@ -1,0 +1,75 @@
+// lalm-lens page runtime: tooltips, the clip's player and playhead, time windows that play on click.
+// Inlined into every page; reads the page's data from <script id="lalm-data" type="application/json">.
+"use strict";
+window.LL = (function () {
+  const DATA = JSON.parse(document.getElementById("lalm-data").textContent);
+  const tip = document.getElementById("lalm-tip");
+  const audio = document.getElementById("lalm-audio");
+  let stopAt = null, ticking = false;
+
+  // A number exactly as the JSON result holds it (null: RR undefined because clean = corrupted).
+  function num(v) { return v === null || v === undefined ? "undefined" : String(v); }
+
+  function showTip(lines, event) {
+    tip.innerHTML = "";
+    for (const [key, value] of lines) {
+      const row = document.createElement("div");
+      const k = document.createElement("b"); k.textContent = key + " ";
+      const v = document.createElement("span"); v.textContent = value; v.dataset.key = key;
+      row.append(k, v); tip.append(row);
+    }
+    tip.style.display = "block";
+    const x = event ? event.clientX : 20, y = event ? event.clientY : 20;
+    tip.style.left = Math.min(x + 14, window.innerWidth - tip.offsetWidth - 4) + "px";
+    tip.style.top = Math.min(y + 14, window.innerHeight - tip.offsetHeight - 4) + "px";
+  }
+
+  // On hover over `gd`, show `describe(point)` ([key, value] pairs) in the page's tooltip.
+  function tooltip(gd, describe) {
+    gd.on("plotly_hover", (ev) => { const lines = describe(ev.points[0]); if (lines) showTip(lines, ev.event); });
+    gd.on("plotly_unhover", () => { tip.style.display = "none"; });
+  }
+
+  function tick() {
+    if (!audio) return;
+    if (stopAt !== null && audio.currentTime >= stopAt) { audio.pause(); audio.currentTime = stopAt; stopAt = null; }
+    const spec = document.getElementById("lalm-spectrogram");
+    if (spec && spec.layout) Plotly.relayout(spec, { "shapes[0].x0": audio.currentTime, "shapes[0].x1": audio.currentTime });
+    if (!audio.paused) requestAnimationFrame(tick); else ticking = false;
+  }
+
+  // Play [start, end) seconds of the clip: seek to start, pause at end.
+  function playWindow(start, end) {
+    if (!audio) return;
+    audio.dataset.windowStart = start; audio.dataset.windowEnd = end;
+    stopAt = end; audio.currentTime = start;
+    const started = audio.play();
+    if (started && started.catch) started.catch((err) => { audio.dataset.playError = String(err); });
+  }
+
+  if (audio) {
+    audio.addEventListener("play", () => { if (!ticking) { ticking = true; requestAnimationFrame(tick); } });
+    audio.addEventListener("seeked", () => { if (audio.paused) tick(); });
+    audio.addEventListener("timeupdate", () => {
+      if (stopAt !== null && audio.currentTime >= stopAt) { audio.pause(); audio.currentTime = stopAt; stopAt = null; }
+    });
+  }
+
+  function playClip() { if (audio) { stopAt = null; audio.dataset.windowStart = 0; audio.dataset.windowEnd = audio.duration; audio.currentTime = 0; audio.play(); } }
+
+  // Draw every figure of the page, then mark the page rendered (the tests time this).
+  async function draw(builders) {
+    const t0 = performance.now();
+    for (const fig of DATA.figures) {
+      const gd = document.getElementById(fig.id);
+      await Plotly.newPlot(gd, fig.data, fig.layout, Object.assign({ responsive: true, displaylogo: false, scrollZoom: true }, fig.config || {}));
+      if (builders[fig.id]) builders[fig.id](gd, fig);
+    }
+    const spec = document.getElementById("lalm-spectrogram");
+    if (spec) spec.on("plotly_click", (ev) => playWindow(ev.points[0].x, DATA.audio_duration));
+    document.body.dataset.renderMs = String(performance.now() - t0);
+    document.body.dataset.rendered = "1";
+  }
+
+  return { DATA, num, tooltip, playWindow, playClip, draw, showTip };
+})();
