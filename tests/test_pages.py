@@ -220,3 +220,71 @@ def test_pages_refuse_bad_paths_and_audio(tmp_path):
 
     with pytest.raises(ValueError, match="no page for results of kind 'dict'"):
         write_page({}, tmp_path / "page.html")
+
+
+def other_results():
+    """One small result of every other kind, built directly (their numbers are what the pages must show)."""
+    from lalm_lens.tracing.dataset_result import DatasetResult
+    from lalm_lens.tracing.knockout import KnockoutResult
+    from lalm_lens.tracing.lens import LensResult
+    from lalm_lens.tracing.results import LayerTrace
+    from lalm_lens.tracing.sweeps import HeadTrace
+
+    rng = np.random.default_rng(1)
+    common = dict(clean=0.8, corrupted=0.1, states="resid_post", answer="low", answer_token=22,
+                  groups={0: "template", 1: "audio", 2: "audio", 3: "early_prompt", 4: "final"},
+                  str_tokens=["<s>", "a1", "a2", "pitch", "is"])
+    layers = LayerTrace(patched=torch.tensor(rng.uniform(0.1, 0.8, 4)), layers=[0, 1, 2, 3], positions=[0, 3, 4],
+                        token_labels=["<s>", "pitch", "is"], **common)
+    heads = HeadTrace(patched=torch.tensor(rng.uniform(0.1, 0.8, (4, 2))), layers=[0, 1, 2, 3], positions=[4],
+                      token_labels=["4"], attention_clean=rng.uniform(0, 1, (4, 2)).tolist(),
+                      attention_corrupted=rng.uniform(0, 1, (4, 2)).tolist(), **common)
+    lens = LensResult(layers=[0, 1], answer="low", answer_token=22, metric={"name": "answer_prob"}, clean=[0.1, 0.9],
+                      corrupted=[0.1, 0.2], clean_top=[[["low", 0.1, 22]], [["low", 0.9, 22]]],
+                      corrupted_top=[[["high", 0.5, 21]], [["high", 0.6, 21]]], audio_positions=[1, 2],
+                      audio_seconds=[0.0, 0.04], audio_rank=[[3, 1], [0, 0]])
+    knockout = KnockoutResult(p_clean=0.8, p_knocked=torch.tensor([0.2, 0.7], dtype=torch.float64), layers=[0, 1],
+                              window=2, query_positions=[4], key_positions=[1, 2], answer="low", answer_token=22,
+                              settings=dict(queries="final", keys="audio"))
+    records = [dict(status="ok", recovery=rng.uniform(0, 1, 4).tolist()) for _ in range(6)]
+    dataset = DatasetResult(records=records + [dict(status="error")], mode="layers", layers=[0, 1, 2, 3],
+                            settings=dict(model="demo"))
+    group_records = [dict(status="ok", group_recovery={g: rng.uniform(0, 1, 4).tolist() for g in ("object", "final")})
+                     for _ in range(5)]
+    groups = DatasetResult(records=group_records, mode="tokens", layers=[0, 1, 2, 3])
+    return dict(layers=layers, heads=heads, lens=lens, knockout=knockout, dataset=dataset, groups=groups)
+
+
+def test_every_result_kind_has_a_page_and_report_links_a_folder_of_them(browser, tmp_path):
+    from lalm_lens.cli import main
+
+    results = other_results()
+    wave = (0.1 * np.sin(np.arange(16000) * 0.05)).astype(np.float32)
+    for name, result in results.items():  # to_html for every kind
+        assert result.to_html(tmp_path / "direct" / f"{name}.html", audio=(wave, 16000)).is_file()
+    out = tmp_path / "out"  # a folder of saved results, as the commands and a study leave it
+    results["layers"].save(out / "trace_layers.json")
+    results["heads"].save(out / "trace_heads.json")
+    results["lens"].save(out / "lens.json")
+    (out / "dataset").mkdir()
+    results["dataset"].save(out / "dataset" / "summary.json")
+    study = {"demo / set / silence / layers": results["dataset"].to_json(),
+             "demo / set / silence / tokens": results["groups"].to_json()}
+    (out / "study").mkdir()
+    (out / "study" / "summary.json").write_text(json.dumps(study))
+    (out / "trace_summary.json").write_text(json.dumps({"traces": {}}))  # not a result: no page
+    assert main(["report", str(out)]) == 0
+    index = (out / "index.html").read_text()
+    links = re.findall(r'href="([^"]+\.html)"', index)
+    assert sorted(links) == ["dataset/summary.html", "lens.html", "study/summary.html", "trace_heads.html",
+                             "trace_layers.html"]
+    assert not (out / "dataset" / "plotly.min.js").exists()  # one shared bundle for the report
+    curve = json.loads((out / "dataset" / "summary.json").read_text())["mean_recovery"]
+    for page in [out / link for link in links] + [tmp_path / "direct" / f"{k}.html" for k in ("knockout", "groups")]:
+        log = open_page(browser, page)
+        assert not errors(log), (page, log)
+        if page.name == "summary.html" and page.parent.name == "dataset":  # a dataset page: the CI under the mouse
+            tip = hover(browser, "lalm-curves", 2, curve["mean"][2])
+            assert float(tip["mean RR"]) == curve["mean"][2] and tip["layer"] == "2"
+            assert [float(v) for v in tip["95% CI"].split(" to ")] == [curve["ci_low"][2], curve["ci_high"][2]]
+    assert main(["report", str(tmp_path / "nothing")]) == 2

@@ -26,7 +26,8 @@ def curve_traces(curves: dict[str, dict], layers: list[int]) -> list[dict]:
     traces = []
     for name, c in curves.items():
         traces.append(dict(type="scatter", x=layers + layers[::-1], y=list(c["ci_high"]) + list(c["ci_low"])[::-1],
-                           fill="toself", fillcolor=BAND, line=dict(width=0), hoverinfo="skip", showlegend=False))
+                           mode="lines", fill="toself", fillcolor=BAND, line=dict(width=0), hoverinfo="skip",
+                           showlegend=False))
         traces.append(dict(type="scatter", mode="lines+markers", x=layers, y=c["mean"], name=name, hoverinfo="none"))
     return traces
 
@@ -37,7 +38,7 @@ def add_curves(page: Page, fig_id: str, summary: dict[str, Any], n: str) -> None
     page.data.setdefault("curves", {})[fig_id] = dict(layers=summary["layers"], n=n, names=list(curves),
                                                        curves=list(curves.values()))
     page.figure(fig_id, dict(data=curve_traces(curves, summary["layers"]),
-                             layout=dict(height=380, margin=dict(l=60, r=20, t=10, b=40), xaxis=dict(title="layer"),
+                             layout=dict(height=380, margin=dict(l=60, r=20, t=10, b=40), xaxis=dict(title="layer", dtick=1),
                                          yaxis=dict(title="mean RR (95% CI band)"))))
     page.script(f'BUILDERS["{fig_id}"] = (gd) => curveTip(gd, "{fig_id}");')
 

@@ -16,7 +16,7 @@ def knockout_page(result, audio):
     page.figure("lalm-knockout", dict(data=[dict(type="scatter", mode="lines+markers", x=result.layers,
                                                  y=result.drop.tolist(), hoverinfo="none")],
                                       layout=dict(height=380, margin=dict(l=60, r=20, t=10, b=40),
-                                                  xaxis=dict(title="first layer of the window"),
+                                                  xaxis=dict(title="first layer of the window", dtick=1),
                                                   yaxis=dict(title="relative drop in P(answer)"))))
     page.script(r"""
 BUILDERS["lalm-knockout"] = (gd) => LL.tooltip(gd, (pt) => {

@@ -24,13 +24,13 @@ def lens_page(result, audio):
         lines.append(dict(type="scatter", mode="lines+markers", x=result.layers, y=result.corrupted, name="corrupted",
                           hoverinfo="none"))
     page.figure("lalm-lens", dict(data=lines, layout=dict(height=360, margin=dict(l=60, r=20, t=10, b=40),
-                                                          xaxis=dict(title="layer"),
+                                                          xaxis=dict(title="layer", dtick=1),
                                                           yaxis=dict(title=result.metric.get("name", "metric")))))
     if result.audio_positions:
         page.heading("the answer's rank at each audio position (log10(1 + rank); 0 = top-1)")
         x = seconds if seconds else result.audio_positions
         page.figure("lalm-rank", dict(data=[dict(type="heatmap", z=np.log10(1 + np.asarray(result.audio_rank)).round(3)
-                                                 .tolist(), x=x, y=result.layers, colorscale="Viridis_r",
+                                                 .tolist(), x=x, y=result.layers, colorscale="Viridis", reversescale=True,
                                                  hoverinfo="none")],
                                       layout=dict(height=max(260, 40 + 22 * len(result.layers)), dragmode="pan",
                                                   margin=dict(l=60, r=20, t=10, b=40), yaxis=dict(title="layer"),

@@ -44,7 +44,7 @@ def layer_page(result, audio):
                               if result.positions else "")
     page.figure("lalm-curve", dict(data=[dict(type="scatter", mode="lines+markers", x=result.layers,
                                               y=result.recovery.tolist(), name="RR", hoverinfo="none")],
-                                   layout=dict(height=380, xaxis=dict(title="layer"), yaxis=dict(title="RR"),
+                                   layout=dict(height=380, xaxis=dict(title="layer", dtick=1), yaxis=dict(title="RR"),
                                                margin=dict(l=60, r=20, t=10, b=40))))
     page.script(LAYER_JS)
     return page
