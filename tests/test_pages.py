@@ -148,22 +148,23 @@ def test_audio_time_page_hover_and_click_plays_that_window(browser, demo_pages):
     from selenium.webdriver.common.action_chains import ActionChains
 
     ActionChains(browser).click().perform()  # the mouse is over that cell
-    audio = "document.getElementById('lalm-audio')"
     state = lambda: browser.execute_script(  # noqa: E731
-        f"const a = {audio}; return [a.currentTime, a.paused, a.dataset.windowStart, a.dataset.windowEnd, "
-        "a.dataset.playError || null]")
-    t, paused, w0, w1, error = state()
-    assert error is None and float(w0) == start and float(w1) == end
-    assert start <= t < end, f"played from {t}, not from the window's start {start}"
-    seen = []
-    deadline = time.time() + 10 * (end - start) + 5
-    while not paused:
-        assert time.time() < deadline, "the window never stopped"
-        seen.append(t)
+        "const a = document.getElementById('lalm-audio'), r = a.played;"
+        "return [a.currentTime, a.paused, a.dataset.windowStart, a.dataset.windowEnd, a.dataset.playError || null,"
+        " Array.from({length: r.length}, (_, i) => [r.start(i), r.end(i)])]")
+    deadline = time.time() + 10 * (end - start) + 10
+    while True:  # until the window has played and stopped
+        t, paused, w0, w1, error, played = state()
+        assert error is None, error
+        if paused and played:
+            break
+        assert time.time() < deadline, f"the window never stopped (at {t} s, played {played})"
         time.sleep(0.03)
-        t, paused, *_ = state()
-    assert any(s > start + 0.05 for s in seen), f"the audio did not advance: {seen[:5]}"
+    assert float(w0) == start and float(w1) == end
     assert abs(t - end) < 1e-6, f"stopped at {t}, not at the window's end {end}"
+    print(f"window {start}–{end} s: the browser played {played}")
+    # what the browser played: that window alone (a timer stops it; a loaded machine may run a few frames over)
+    assert len(played) == 1 and abs(played[0][0] - start) < 0.05 and abs(played[0][1] - end) < 0.1, played
     screenshot_ok(browser, demo_pages / "trace_audio_time.png")
 
 

@@ -32,7 +32,7 @@ window.LL = (function () {
 
   function tick() {
     if (!audio) return;
-    if (stopAt !== null && audio.currentTime >= stopAt) { audio.pause(); audio.currentTime = stopAt; stopAt = null; }
+    stopCheck();
     const spec = document.getElementById("lalm-spectrogram");
     if (spec && spec.layout) Plotly.relayout(spec, { "shapes[0].x0": audio.currentTime, "shapes[0].x1": audio.currentTime });
     if (!audio.paused) requestAnimationFrame(tick); else ticking = false;
@@ -47,12 +47,21 @@ window.LL = (function () {
     if (started && started.catch) started.catch((err) => { audio.dataset.playError = String(err); });
   }
 
+  // Stop on time: a timer aimed just before the end, then short polls (timeupdate alone fires every ~250 ms).
+  let timer = null;
+  function stopCheck() {
+    clearTimeout(timer);
+    if (stopAt === null || audio.paused) return;
+    const left = stopAt - audio.currentTime;
+    if (left <= 0.002) { audio.pause(); audio.currentTime = stopAt; stopAt = null; return; }
+    timer = setTimeout(stopCheck, left > 0.03 ? (left * 1000) / audio.playbackRate - 20 : 2);
+  }
+
   if (audio) {
     audio.addEventListener("play", () => { if (!ticking) { ticking = true; requestAnimationFrame(tick); } });
-    audio.addEventListener("seeked", () => { if (audio.paused) tick(); });
-    audio.addEventListener("timeupdate", () => {
-      if (stopAt !== null && audio.currentTime >= stopAt) { audio.pause(); audio.currentTime = stopAt; stopAt = null; }
-    });
+    audio.addEventListener("playing", stopCheck);
+    audio.addEventListener("seeked", () => { if (audio.paused) tick(); else stopCheck(); });
+    audio.addEventListener("timeupdate", stopCheck);
   }
 
   function playClip() { if (audio) { stopAt = null; audio.dataset.windowStart = 0; audio.dataset.windowEnd = audio.duration; audio.currentTime = 0; audio.play(); } }
