@@ -163,8 +163,9 @@ def test_audio_time_page_hover_and_click_plays_that_window(browser, demo_pages):
     assert float(w0) == start and float(w1) == end
     assert abs(t - end) < 1e-6, f"stopped at {t}, not at the window's end {end}"
     print(f"window {start}–{end} s: the browser played {played}")
-    # what the browser played: that window alone (a timer stops it; a loaded machine may run a few frames over)
-    assert len(played) == 1 and abs(played[0][0] - start) < 0.05 and abs(played[0][1] - end) < 0.1, played
+    # what the browser played: that window alone (a timer stops it; on a machine loaded many times over its
+    # cores the renderer's timers can run late, hence the allowance past the end)
+    assert len(played) == 1 and abs(played[0][0] - start) < 0.05 and -0.01 < played[0][1] - end < 0.25, played
     screenshot_ok(browser, demo_pages / "trace_audio_time.png")
 
 

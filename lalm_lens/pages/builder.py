@@ -126,9 +126,7 @@ class Page:
         fig = dict(data=[dict(type="heatmap", z=np.round(spec, 3).tolist(), x=times.round(4).tolist(),
                               colorscale="Electric", showscale=False, hovertemplate="%{x:.2f} s<extra></extra>")],
                    layout=dict(height=170, margin=MARGIN, xaxis=dict(title="seconds", range=[0, duration]),
-                               yaxis=dict(title="mel", showticklabels=False),
-                               shapes=[dict(type="line", x0=0, x1=0, y0=0, y1=1, yref="paper",
-                                            line=dict(color="cyan", width=2))]))
+                               yaxis=dict(title="mel", showticklabels=False)))
         self.body.append('<div class="controls"><audio id="lalm-audio" controls preload="auto" src="@AUDIO@"></audio> '
                          '<button id="lalm-play" onclick="LL.playClip()">▶ play the clip</button> '
                          '<small>click the spectrogram or a time window to play it</small></div>')

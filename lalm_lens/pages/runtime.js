@@ -30,11 +30,19 @@ window.LL = (function () {
     gd.on("plotly_unhover", () => { tip.style.display = "none"; });
   }
 
+  // The playhead: a 2 px line over the spectrogram, moved by CSS (cheap: playback must not wait on redraws).
+  function movePlayhead() {
+    const spec = document.getElementById("lalm-spectrogram"), head = document.getElementById("lalm-playhead");
+    if (!spec || !head || !spec._fullLayout) return;
+    const L = spec._fullLayout;
+    head.style.left = (L.xaxis.l2p(audio.currentTime) + L._size.l) + "px";
+    head.style.top = L._size.t + "px"; head.style.height = L._size.h + "px";
+  }
+
   function tick() {
     if (!audio) return;
     stopCheck();
-    const spec = document.getElementById("lalm-spectrogram");
-    if (spec && spec.layout) Plotly.relayout(spec, { "shapes[0].x0": audio.currentTime, "shapes[0].x1": audio.currentTime });
+    movePlayhead();
     if (!audio.paused) requestAnimationFrame(tick); else ticking = false;
   }
 
@@ -60,7 +68,7 @@ window.LL = (function () {
   if (audio) {
     audio.addEventListener("play", () => { if (!ticking) { ticking = true; requestAnimationFrame(tick); } });
     audio.addEventListener("playing", stopCheck);
-    audio.addEventListener("seeked", () => { if (audio.paused) tick(); else stopCheck(); });
+    audio.addEventListener("seeked", () => { movePlayhead(); stopCheck(); });
     audio.addEventListener("timeupdate", stopCheck);
   }
 
@@ -75,7 +83,14 @@ window.LL = (function () {
       if (builders[fig.id]) builders[fig.id](gd, fig);
     }
     const spec = document.getElementById("lalm-spectrogram");
-    if (spec) spec.on("plotly_click", (ev) => playWindow(ev.points[0].x, DATA.audio_duration));
+    if (spec) {
+      spec.on("plotly_click", (ev) => playWindow(ev.points[0].x, DATA.audio_duration));
+      spec.style.position = "relative";
+      const head = document.createElement("div");
+      head.id = "lalm-playhead";
+      head.style.cssText = "position:absolute;width:2px;background:cyan;pointer-events:none;left:0";
+      spec.append(head); movePlayhead();
+    }
     document.body.dataset.renderMs = String(performance.now() - t0);
     document.body.dataset.rendered = "1";
   }
