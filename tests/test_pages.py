@@ -290,3 +290,28 @@ def test_every_result_kind_has_a_page_and_report_links_a_folder_of_them(browser,
             assert float(tip["mean RR"]) == curve["mean"][2] and tip["layer"] == "2"
             assert [float(v) for v in tip["95% CI"].split(" to ")] == [curve["ci_low"][2], curve["ci_high"][2]]
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_page_works_from_a_static_server_too(browser, demo_pages):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(demo_pages))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        browser.get_log("browser")
+        browser.get(f"http://127.0.0.1:{server.server_port}/trace_audio_time.html")
+        deadline = time.time() + 30
+        while not browser.execute_script("return document.body.dataset.rendered === '1' && "
+                                          "document.getElementById('lalm-audio').readyState >= 1"):
+            assert time.time() < deadline, "the page or its clip never loaded from the server"
+            time.sleep(0.05)
+        assert not errors(browser.get_log("browser"))
+        duration = browser.execute_script("return document.getElementById('lalm-audio').duration")
+        assert duration == pytest.approx(json.loads((demo_pages / "trace_audio_time.json").read_text())
+                                         ["settings"]["duration"], abs=0.01)
+    finally:
+        server.shutdown()

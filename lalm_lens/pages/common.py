@@ -10,7 +10,7 @@ from lalm_lens.pages.builder import Audio, Page
 def trace_page(result, audio: Optional[Audio], what: str) -> Page:
     """A page titled by the trace, with its header/summary text (flagged when ill-posed) and the clip."""
     page = Page(result.title(what).replace("\n", " — "))
-    page.text(result.summary(), warn=False)
+    page.text(result.summary())
     if result.ill_posed:
         page.text("WARNING " + result.checks.describe(), warn=True)
     page.audio(audio)

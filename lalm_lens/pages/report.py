@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from lalm_lens.pages.builder import BUNDLE, Page
-from lalm_lens.pages.dataset import add_curves, CURVE_JS, summary_page
+from lalm_lens.pages.dataset import CURVE_JS, add_curves, summary_page
 
 
 def _fmt(x, digits: int = 2) -> str:
@@ -68,11 +68,10 @@ def _clip(folder: Path) -> Optional[Path]:
 
 def page_of(path: Path) -> Optional[tuple[Page, str]]:
     """The page of one saved file and what it shows, or None when the file is no result."""
+    import lalm_lens.tracing  # noqa: F401  (registers every trace kind in RESULT_TYPES)
+    from lalm_lens.pages import build_page
     from lalm_lens.tracing.lens import LensResult
     from lalm_lens.tracing.results import RESULT_TYPES, TraceResult
-    import lalm_lens.tracing  # noqa: F401  (registers every trace kind)
-
-    from lalm_lens.pages import build_page
 
     try:
         data = json.loads(path.read_text())
