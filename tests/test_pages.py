@@ -281,6 +281,8 @@ def test_every_result_kind_has_a_page_and_report_links_a_folder_of_them(browser,
     assert sorted(links) == ["dataset/summary.html", "lens.html", "study/summary.html", "trace_heads.html",
                              "trace_layers.html"]
     assert not (out / "dataset" / "plotly.min.js").exists()  # one shared bundle for the report
+    study_html = (out / "study" / "summary.html").read_text()  # the study's tables: one column per token group
+    assert "<th>object</th><th>final</th>" in study_html and "<td>6 / 7</td>" in study_html
     curve = json.loads((out / "dataset" / "summary.json").read_text())["mean_recovery"]
     for page in [out / link for link in links] + [tmp_path / "direct" / f"{k}.html" for k in ("knockout", "groups")]:
         log = open_page(browser, page)

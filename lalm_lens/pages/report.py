@@ -37,21 +37,22 @@ def study_page(summary: dict, title: str) -> Page:
             peak = c.get("peak_layer")
             ci = "–" if peak is None else (f"{_fmt(c['peak'])} [{_fmt(c['ci_low'][run['layers'].index(peak)])}, "
                                            f"{_fmt(c['ci_high'][run['layers'].index(peak)])}]")
+            first = c.get("first_layer_at_half")
             layer_rows.append([model, item_set, corruption, kept, "–" if peak is None else peak, ci,
-                               c.get("first_layer_at_half") or "–"])
+                               "–" if first is None else first])
         else:
             groups = run.get("group_recovery") or {}
-            group_rows.append([model, item_set, corruption, kept] + [
-                f"{g} {_fmt(c.get('peak'))} (layer {c.get('peak_layer')})" for g, c in groups.items()])
+            group_rows.append(([model, item_set, corruption, kept], {
+                g: f"{_fmt(c.get('peak'))} (layer {c.get('peak_layer')})" for g, c in groups.items()}))
     if layer_rows:
         page.heading("Layer-wise: all text positions restored at each layer")
         page.table(["model", "item set", "corruption", "items kept / traced", "peak layer",
                     "mean RR at peak [95% CI]", "first layer with mean RR >= 0.5"], layer_rows)
     if group_rows:
         page.heading("Token-wise: max over layers of the mean RR per group")
-        width = max(len(r) for r in group_rows)
-        page.table(["model", "item set", "corruption", "items kept / traced"] + ["group"] * (width - 4),
-                   [r + [""] * (width - len(r)) for r in group_rows])
+        names = list(dict.fromkeys(g for _, cells in group_rows for g in cells))
+        page.table(["model", "item set", "corruption", "items kept / traced"] + names,
+                   [row + [cells.get(g, "–") for g in names] for row, cells in group_rows])
     for i, (key, run) in enumerate(summary.items()):
         if run.get("mean_recovery") or run.get("group_recovery"):
             page.heading(key)
