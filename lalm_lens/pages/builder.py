@@ -174,6 +174,7 @@ def write_bundle(path: Path) -> None:
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<link rel="icon" href="data:,">
 <style>{style}</style>
 <script src="{bundle}"></script></head>
 <body>

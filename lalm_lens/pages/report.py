@@ -114,7 +114,7 @@ def write_report(folder, progress=print) -> Path:
                     f'{html.escape(title)}</li>' for href, title, what in links)
     extra = "".join(f'<li><a href="{p.name}">{p.name}</a></li>' for p in sorted(folder.glob("*.md")))
     index = folder / "index.html"
-    index.write_text(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>lalm-lens · {folder.name}'
-                     f'</title></head><body style="font-family:system-ui,sans-serif"><h1>lalm-lens results: '
+    index.write_text(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
+                     f'<title>lalm-lens · {folder.name}</title></head><body style="font-family:system-ui,sans-serif"><h1>lalm-lens results: '
                      f'{html.escape(folder.name)}</h1><ul>{items}{extra}</ul></body></html>\n')
     return index
