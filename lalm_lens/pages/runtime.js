@@ -77,11 +77,14 @@ window.LL = (function () {
   // Draw every figure of the page, then mark the page rendered (the tests time this).
   async function draw(builders) {
     const t0 = performance.now();
+    const times = {};
     for (const fig of DATA.figures) {
-      const gd = document.getElementById(fig.id);
+      const gd = document.getElementById(fig.id), t = performance.now();
       await Plotly.newPlot(gd, fig.data, fig.layout, Object.assign({ responsive: true, displaylogo: false, scrollZoom: true }, fig.config || {}));
       if (builders[fig.id]) builders[fig.id](gd, fig);
+      times[fig.id] = performance.now() - t;
     }
+    document.body.dataset.figureMs = JSON.stringify(times);
     const spec = document.getElementById("lalm-spectrogram");
     if (spec) {
       spec.on("plotly_click", (ev) => playWindow(ev.points[0].x, DATA.audio_duration));
