@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from lalm_lens.cli.report import add_html_arg
+
 
 def add_parser(sub, formatter) -> None:
     s = sub.add_parser("study", help="models x item sets x corruptions x modes from a TOML/YAML file; figures + report",
                        formatter_class=formatter)
     s.add_argument("config", help="the study file (.toml or .yaml); see examples/reference_study.toml")
     s.add_argument("--device", help="torch device for every model (default: this rank's GPU, else cpu)")
+    add_html_arg(s)
     s.set_defaults(func=cmd_study)
 
 
@@ -26,6 +29,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         for key, (kept, total) in counts.items():
             print(f"{' · '.join(key)}: {kept} of {total} items kept")
         print(f"wrote {study.out / 'report.md'}, {study.out / 'summary.json'} and {study.out / 'figures'}/")
+        if not args.no_html:
+            from lalm_lens.pages.report import write_report
+
+            print(f"wrote {write_report(study.out, progress=lambda _: None)}")
         if results and all(r.all_failed for r in results.values()):
             return 1
     return 0

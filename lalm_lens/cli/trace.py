@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lalm_lens.cli.args import (CLIError, add_model_args, add_trace_args, check_audio_file, check_writable, load_model,
                                 trace_settings)
+from lalm_lens.cli.report import add_html_arg, clip_of
 
 
 def add_item_args(p: argparse.ArgumentParser) -> None:
@@ -37,6 +38,7 @@ def add_parsers(sub, formatter) -> None:
     t.add_argument("--allow-ill-posed", action="store_true",
                    help="exit 0 even when a check fails (the outputs are flagged either way)")
     t.add_argument("--hide-template", action="store_true", help="leave the chat-template rows out of the heatmap")
+    add_html_arg(t)
     t.set_defaults(func=cmd_trace)
 
     lens = sub.add_parser("lens", help="logit lens: what each layer already predicts, at the final position and "
@@ -48,6 +50,7 @@ def add_parsers(sub, formatter) -> None:
     lens.add_argument("--top-k", type=int, default=5, help="top tokens listed per layer")
     lens.add_argument("--seed", type=int, default=0, help="seed of the demo clip and the noise")
     lens.add_argument("--out", default="lalm-lens-out", help="output folder")
+    add_html_arg(lens)
     lens.set_defaults(func=cmd_lens)
 
     d = sub.add_parser("trace-dataset", help="causal traces over a JSONL of items, mean RR with 95%% CIs",
@@ -62,6 +65,7 @@ def add_parsers(sub, formatter) -> None:
     d.add_argument("--batch-items", default="1",
                    help="items whose cells run in one engine call ('auto': as many as fill the engine's batch budget)")
     add_trace_args(d, default_mode="layers")
+    add_html_arg(d)
     d.set_defaults(func=cmd_trace_dataset)
 
 
@@ -117,6 +121,8 @@ def run_traces(args, model, inp, answer, settings, out: Path) -> list:
             result.save(out / f"trace_{name}.npz")
         ax = result.plot(hide_template=args.hide_template) if name == "tokens" else result.plot()
         plots.save(ax, out / figure)
+        if not args.no_html:
+            result.to_html(out / f"trace_{name}.html", audio=clip_of(args, out))
         print(f"\n[{name}] {result.summary()}\n  wrote {out / f'trace_{name}.json'} and {out / figure}")
         results.append((name, result))
     return results
@@ -150,6 +156,8 @@ def cmd_lens(args: argparse.Namespace) -> int:
     result = logit_lens(model, inp, corruption, answer=answer, top_k=args.top_k)
     result.save(out / "lens.json")
     plots.save(result.plot(), out / "lens.png")
+    if not args.no_html:
+        result.to_html(out / "lens.html", audio=clip_of(args, out))
     print(f"{result.summary()}\n  wrote {out / 'lens.json'} and {out / 'lens.png'}")
     return 0
 
@@ -188,6 +196,8 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
     figure = out / f"recovery_{args.mode}.png"
     if result.kept:
         plots.save(result.plot(), figure)
+        if not args.no_html:
+            result.to_html(out / "summary.html")
     print(result.summary())
     print(f"wrote {out / 'records.jsonl'}, {out / 'summary.json'}" + (f", {figure}" if result.kept else ""))
     if result.all_failed:

@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from lalm_lens.pages import Viewable
 from lalm_lens.tracing.results import FLAT, describe_curve, first_reaching
 
 
@@ -37,7 +38,7 @@ def _ci(mean, lo, hi, best) -> str:
 
 
 @dataclass
-class DatasetResult:
+class DatasetResult(Viewable):
     records: list[dict[str, Any]]
     mode: str
     layers: list[int]

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
+from lalm_lens.pages import Viewable
 from lalm_lens.tracing.cells import check_indices, check_window
 from lalm_lens.tracing.groups import final_position
 from lalm_lens.tracing.trace import answer_token, input_groups
@@ -22,7 +23,7 @@ Selector = Union[str, Sequence[str], Sequence[int]]
 
 
 @dataclass
-class KnockoutResult:
+class KnockoutResult(Viewable):
     p_clean: float
     p_knocked: Tensor  # [n_windows]
     layers: list[int]  # first layer of each window

@@ -19,11 +19,13 @@ import numpy as np
 import torch
 from transformer_lens.utilities import get_act_name
 
+from lalm_lens.pages import Viewable
+
 SCHEMA = 2
 
 
 @dataclass
-class LensResult:
+class LensResult(Viewable):
     layers: list[int]  # after each of these blocks
     answer: str
     answer_token: int

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lalm_lens.pages import Viewable
 from lalm_lens.tracing.checks import Checks
 
 SCHEMA = 2
@@ -45,7 +46,7 @@ def recovery_of(patched: Tensor, clean: float, corrupted: float) -> Tensor:
 
 
 @dataclass
-class TraceResult:
+class TraceResult(Viewable):
     """What every trace holds; see `LayerTrace` and `TokenTrace`."""
 
     clean: float  # the metric of the clean run
