@@ -277,7 +277,7 @@ def test_cli_circuit_on_demo_letters(tmp_path, capsys):
     assert main(["circuit", "--out", str(out), "-n", "1", "--method", "eap", "--fraction", "0.05"]) == 0
     printed = capsys.readouterr().out
     for name in ("edge_scores.json", "circuit.json", "faithfulness.json", "faithfulness.png", "circuit.png",
-                 "edge_scores.png", "summary.json"):
+                 "edge_scores.png", "summary.json", "edge_scores.html"):
         assert (out / name).is_file(), name
     scores = EdgeScores.load(out / "edge_scores.json")
     circuit = Circuit.load(out / "circuit.json")

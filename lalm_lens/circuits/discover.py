@@ -52,7 +52,7 @@ class Discovery:
                      top1pct_overlap_vs_exact=top_overlap(self.scores, self.exact, 0.01))
         return d
 
-    def save(self, out) -> Path:
+    def save(self, out, html: bool = True) -> Path:
         import matplotlib.pyplot as plt
 
         out = Path(out)
@@ -69,6 +69,8 @@ class Discovery:
             ax.figure.tight_layout()
             ax.figure.savefig(out / name, dpi=120)
             plt.close(ax.figure)
+        if html:
+            self.scores.to_html(out / "edge_scores.html")
         return out
 
 

@@ -12,12 +12,13 @@ import torch
 from torch import Tensor
 
 from lalm_lens.circuits.graph import Graph
+from lalm_lens.pages import Viewable
 
 SCHEMA = "lalm-lens/edge-scores/1"
 
 
 @dataclass
-class EdgeScores:
+class EdgeScores(Viewable):
     """Scores of every edge of `graph` (`scores[s, r]`, 0 where no edge; `[s, r, g]` by position group)."""
 
     graph: Graph

@@ -28,6 +28,7 @@ def add_parser(sub, formatter) -> None:
     c.add_argument("--compare-exact", action="store_true",
                    help="also run exact edge patching and report Spearman / top-1%% overlap with it")
     c.add_argument("--out", default="lalm-lens-out/circuit", help="output folder")
+    c.add_argument("--no-html", action="store_true", help="do not write the interactive page (edge_scores.html)")
     c.set_defaults(func=cmd_circuit)
 
 
@@ -59,7 +60,7 @@ def cmd_circuit(args: argparse.Namespace) -> int:
     triples = item_triples(model, items, foils=foils)
     found = discover(model, triples, corruption, method=args.method, steps=args.steps, fraction=args.fraction,
                      compare_exact=args.compare_exact)
-    found.save(out)
+    found.save(out, html=not args.no_html)
     print(found.scores.summary())
     n = found.numbers()
     print(f"circuit: {n['circuit_edges']} of {n['n_edges']} edges; faithfulness by size: "
@@ -67,7 +68,8 @@ def cmd_circuit(args: argparse.Namespace) -> int:
     if found.exact is not None:
         print(f"vs exact edge patching: Spearman {n['spearman_vs_exact']:.3f}, "
               f"top-1% overlap {n['top1pct_overlap_vs_exact']:.2f}")
-    print(f"wrote {out}/edge_scores.json, circuit.json, faithfulness.json/.png, circuit.png, edge_scores.png")
+    print(f"wrote {out}/edge_scores.json, circuit.json, faithfulness.json/.png, circuit.png, edge_scores.png"
+          + ("" if args.no_html else ", edge_scores.html"))
     return 0
 
 
