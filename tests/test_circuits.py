@@ -199,6 +199,10 @@ def test_exact_and_eap_equal_hand_computation(family, qwen2_audio, qwen2_audio_m
 def test_ig_with_one_step_is_eap_and_more_steps_move(qwen2_audio, gqa_item):
     inp, answer = gqa_item
     eap = edge_attribution(qwen2_audio, inp, answer=answer, method="eap")
+    by_pos = edge_attribution(qwen2_audio, inp, answer=answer, method="eap", by_position=True)
+    assert by_pos.scores.shape == (*eap.scores.shape, len(by_pos.position_groups))
+    assert torch.allclose(by_pos.scores.sum(-1), eap.scores, atol=1e-6)
+    assert by_pos.scores[..., by_pos.position_groups.index("audio")].abs().sum() > 0
     for method in ("eap-ig-inputs", "eap-ig-activations"):
         one = edge_attribution(qwen2_audio, inp, answer=answer, method=method, steps=1)
         assert torch.allclose(one.scores, eap.scores, atol=1e-7)

@@ -24,6 +24,7 @@ from torch import Tensor
 from lalm_lens.circuits.graph import Graph
 from lalm_lens.circuits.result import EdgeScores
 from lalm_lens.circuits.runs import EdgeItem, edge_item, patched_scores, receiver_gradients, sender_outputs
+from lalm_lens.tracing.groups import GROUP_ORDER
 from lalm_lens.tracing.trace import TraceSpec
 
 METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "exact")
@@ -193,7 +194,7 @@ def edge_attribution(
         item = edge_item(model, graph, spec, inp, ans)
         groups = None
         if by_position:
-            group_names = group_names or sorted(set(item.groups), key=item.groups.index)
+            group_names = list(GROUP_ORDER)  # the same columns for every item
             groups = torch.tensor([[float(g == name) for name in group_names] for g in item.groups])
         scores, c, k = item_scores(model, graph, item, method, steps, groups, edges)
         total = scores.double() if total is None else total + scores.double()
