@@ -313,3 +313,24 @@ def test_models_whose_residual_is_not_a_sum_are_refused(qwen2_audio, gqa_item):
             edge_attribution(qwen2_audio, inp, answer=answer, method="eap")
     finally:
         type(block).forward = original
+
+
+def test_every_estimate_is_exact_where_the_metric_is_linear_in_the_edge(qwen2_audio, gqa_item):
+    """With `ln_final` replaced by the identity and the metric the answer's logit, the metric is linear in
+    what reaches the logits: EAP, EAP-IG (any steps) and exact patching agree on every edge into `logits`."""
+    inp, answer = gqa_item
+    norm = qwen2_audio.ln_final
+    qwen2_audio.ln_final = torch.nn.Identity()
+    try:
+        logit = lambda logits: logits[:, answer]  # noqa: E731
+        kw = dict(answer=answer, metric=logit)
+        graph = Graph.from_model(qwen2_audio)
+        into_logits = [(s, "logits") for s in graph.senders]
+        exact = edge_attribution(qwen2_audio, inp, method="exact", edges=into_logits, **kw)
+        col = graph.receiver_index("logits")
+        assert exact.scores[:, col].abs().max() > 1e-3
+        for method, steps in (("eap", 1), ("eap-ig-inputs", 4), ("eap-ig-activations", 4)):
+            est = edge_attribution(qwen2_audio, inp, method=method, steps=steps, **kw)
+            assert torch.allclose(est.scores[:, col], exact.scores[:, col], atol=1e-4, rtol=1e-4), method
+    finally:
+        qwen2_audio.ln_final = norm
