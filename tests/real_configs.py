@@ -78,6 +78,8 @@ QWEN3_OMNI_30B_A3B_INSTRUCT = dict(
                            intermediate_size=4304, out_hidden_size=2048, patch_size=16, spatial_merge_size=2,
                            temporal_patch_size=2, num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24]),
     ),
+)
+
 # Voxtral-Mini-4B-Realtime-2602 (transformers' VoxtralRealtimeConfig defaults were written from this checkpoint):
 # causal encoder 32 x 1280 (32 heads x 64, window 750 frames), Ministral-3 decoder 26 x 3072 (GQA 32/8 x 128,
 # window 8192), embeddings tied to the head.
