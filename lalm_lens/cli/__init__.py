@@ -52,10 +52,20 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lalm-lens")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lalm-lens", description="Hooked audio LMs and causal tracing.",
                                      formatter_class=Formatter)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--version", action="version", version=f"lalm-lens {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     trace_commands.add_parsers(sub, Formatter)
     study_command.add_parser(sub, Formatter)
