@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 
 from lalm_lens.cli.args import DTYPES, CLIError
 from lalm_lens.cli import study as study_command
@@ -92,11 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"lalm-lens: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one line per warning, no quoted source line
+            return args.func(args)
     except KeyboardInterrupt:
         print("lalm-lens: interrupted", file=sys.stderr)
         return 130

@@ -122,9 +122,15 @@ def run_traces(args, model, inp, answer, settings, out: Path) -> list:
         modes = ["tokens", "layers"] if args.mode == "both" else [args.mode]
         runs = [(mode, lambda mode=mode: causal_trace(model, inp, answer=answer, mode=mode, **settings),
                  "heatmap_tokens.png" if mode == "tokens" else "recovery_layers.png") for mode in modes]
+    import warnings
+
+    from lalm_lens.tracing import IllPosedTraceWarning
+
     results = []
     for name, run, figure in runs:
-        result = run()
+        with warnings.catch_warnings():  # the summary below says it once, as its WARNING line
+            warnings.simplefilter("ignore", IllPosedTraceWarning)
+            result = run()
         result.save(out / f"trace_{name}.json")
         if args.sweep == "positions":
             result.save(out / f"trace_{name}.npz")
@@ -170,6 +176,20 @@ def cmd_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+def say_resuming(path: Path, items) -> None:
+    """A resumed run says so: how many of the items already have a record that will be reused."""
+    from lalm_lens.tracing.records import read_records
+
+    if not path.is_file():
+        return
+    _, records = read_records(path, repair=False)
+    done = {r.get("id") for r in records if r.get("status") != "error"}
+    have = sum(item.id in done for item in items)
+    if have:
+        print(f"resuming {path}: {have} of {len(items)} items already traced there are reused "
+              "(--overwrite to start over)")
+
+
 def cmd_trace_dataset(args: argparse.Namespace) -> int:
     import warnings
 
@@ -197,6 +217,8 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
         args.device = distributed.default_device(dist)  # under torchrun: this rank's own GPU
     model = load_model(args)
     batch = "auto" if args.batch_items == "auto" else int(args.batch_items)
+    if dist.main and not args.overwrite:
+        say_resuming(out / "records.jsonl", items)
     result = trace_dataset(model, items, out=out / "records.jsonl", mode=args.mode, overwrite=args.overwrite,
                            filter=None if args.no_filter else "checks", batch_items=batch, **settings)
     if not dist.main:
