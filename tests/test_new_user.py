@@ -176,7 +176,7 @@ def test_a_resumed_dataset_run_says_so(tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------- 28.3: transformer_lens.patching as documented
 def test_transformer_lens_patching_takes_a_prepared_input(qwen2_audio):
     model = qwen2_audio
-    clean = model.prepare(clip(0.8, seed=9), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
+    clean = model.prepare(clip(0.3, seed=9), "Gender?", sampling_rate=16000)  # short: every position is patched
     corrupted = model.prepare_like(clean, np.zeros_like(clean.waveform))
     # the README's code, as written
     _, clean_cache = model.run_with_cache(clean)

@@ -45,6 +45,10 @@ def _cell(mean, lo, hi, i, n: int) -> str:
     return f"{num(mean[i])} (n = 1: no CI)" if n < 2 else f"{num(mean[i])} [{num(lo[i])}, {num(hi[i])}]"
 
 
+def _or_dash(value) -> str:
+    return "–" if value is None else str(value)
+
+
 def model_colors(study: Study) -> dict:
     """One colour per model, the same in every figure of the study."""
     import matplotlib
@@ -72,7 +76,7 @@ def layer_section(study: Study, results: dict, figures: Path) -> list[str]:
                 layers, mean, lo, hi = result.layer_curve()
                 where, best = peak(mean, layers)
                 lines.append(f"| {name} | {len(result.kept)} / {len(result.records)} | {where} | "
-                             f"{_cell(mean, lo, hi, best, len(result.kept))} | {first_reaching(mean, layers)} |")
+                             f"{_cell(mean, lo, hi, best, len(result.kept))} | {_or_dash(first_reaching(mean, layers))} |")
                 key = f"{name} (n={len(result.kept)})"
                 curves[key] = (layers, mean, lo, hi) if len(result.kept) > 1 else (layers, mean)
                 colors[key] = palette[name]
