@@ -52,9 +52,9 @@ class Task:
 
 
 TASKS = {
-    "attributes": Task(make_examples, "demo_model_retrained", steps=1800, lr=3e-3),
-    "letters": Task(make_letter_examples, "demo_model_letters_retrained", steps=2000, lr=3e-3, vocab_size=64,
-                    mix=0.3, init=0.1, reshuffle=True, marking=1.0),
+    "attributes": Task(make_examples, "lalm_lens_out/demo_model_retrained", steps=1800, lr=3e-3),
+    "letters": Task(make_letter_examples, "lalm_lens_out/demo_model_letters_retrained", steps=2000, lr=3e-3,
+                    vocab_size=64, mix=0.3, init=0.1, reshuffle=True, marking=1.0),
 }
 
 
@@ -279,8 +279,8 @@ def main(argv=None) -> None:
     p.add_argument("--task", default="attributes", choices=sorted(TASKS),
                    help="attributes: answer with the attribute word; letters: answer with the option's letter "
                         "(default: attributes)")
-    p.add_argument("--out", help="where to save (default: a new folder, demo_model_retrained or "
-                                 "demo_model_letters_retrained; pass lalm_lens/demo_model to replace the bundled model)")
+    p.add_argument("--out", help="where to save (default: a new folder, lalm_lens_out/demo_model_retrained or "
+                                 "lalm_lens_out/demo_model_letters_retrained (git-ignored); pass lalm_lens/demo_model to replace the bundled model)")
     p.add_argument("--steps", type=int, help="optimizer steps (default: 1800 for attributes, "
                                              f"{TASKS['letters'].steps} for letters)")
     p.add_argument("--clips", type=int, default=1500, help="synthesized training clips (default: 1500)")
