@@ -216,7 +216,8 @@ def plot_time_heatmap(result, value: str = "recovery", title: Optional[str] = No
 
     cmap = matplotlib.colormaps["Purples"].with_extremes(bad="#e8e8e8")
     rows = np.arange(len(result.layers) + 1) - 0.5
-    mesh = top.pcolormesh(edges, rows, np.ma.masked_invalid(grid_values), cmap=cmap, **norm)
+    mesh = top.pcolormesh(edges, rows, np.ma.masked_invalid(grid_values), cmap=cmap, edgecolors="white",
+                          linewidth=0.3, **norm)  # thin white edges: each window's own span stays visible
     top.set_ylim(len(result.layers) - 0.5, -0.5)
     top.set_yticks(range(len(result.layers)))
     top.set_yticklabels(result.layers, fontsize=7)
