@@ -242,3 +242,18 @@ def test_a_short_seeded_training_run_reproduces_its_logged_loss(tmp_path):
     assert [s for s, _ in first["losses"]] == [1, 2] and first["losses"] == second["losses"]  # bit for bit
     logged = json.loads((tmp_path / "a" / "training_report.json").read_text())
     assert logged["losses"] == first["losses"] and logged["deterministic"] and logged["threads"] == 2
+
+
+# ---------------------------------------------------------------- 28.7: examples write outside the repository root
+def test_examples_write_under_a_git_ignored_folder_by_default():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    defaults = {p.name: re.findall(r'"--out", default="([^"]+)"', p.read_text()) for p in root.glob("examples/*.py")}
+    defaults = {name: found for name, found in defaults.items() if found}
+    assert defaults and all(d.startswith("lalm_lens_out/") for found in defaults.values() for d in found), defaults
+    from lalm_lens.demo.train import TASKS
+
+    assert all(task.out.startswith("lalm_lens_out/") for task in TASKS.values())
+    assert "lalm_lens_out/" in (root / ".gitignore").read_text().splitlines()
