@@ -126,7 +126,7 @@ def test_a_changed_setting_is_refused_with_a_remedy_study_offers(tmp_path, capsy
 
 # ---------------------------------------------------------------- the report says what it averages
 def record(i, recovery, prompt="p", groups=None):
-    groups = groups or {"object": [0.0, 0.0, 0.0], "final": [0.0, 0.5, 1.0]}
+    groups = groups or {"early_prompt": [0.0, 0.0, 0.0], "object": [0.0, 0.0, 0.0], "final": [0.0, 0.5, 1.0]}
     labels = ["a", prompt, "c"]
     return dict(id=f"i{i}", status="ok", recovery=recovery, token_labels=labels, positions=[0, 1, 2],
                 groups=["early_prompt", "object", "final"], group_recovery=groups, audio_span=None)
@@ -183,3 +183,6 @@ def test_report_tables_say_flat_tied_and_no_ci_for_one_item(tmp_path, monkeypatc
     assert {label.split(" (")[0]: color for label, color, _, _ in lines} == colors
     groups = saved["groups_tied_s_silence.png"]
     assert len({(m, s) for _, _, m, s in groups}) == len(groups)  # coinciding group lines stay distinguishable
+    labels = [label for label, *_ in groups]
+    assert "object (under early_prompt: the same values)" in labels and "final" in labels
+    assert {label.split(" ")[0]: color for label, color, _, _ in groups}["object"] == "#d62728"  # its fixed colour

@@ -133,19 +133,26 @@ def plot_layers(curves: Mapping[str, Curve], ax=None, value: str = "recovery", t
     name keeps its colour across figures. Each line has its own marker and dash, the later ones drawn
     smaller, so curves that coincide (flat groups) stay visible."""
     ax = _axes(ax, (6.4, 3.8))
-    shaded = False
+    shaded, drawn = False, {}
     for k, (name, item) in enumerate(curves.items()):
         layers, mean, lo, hi = _curve(item, value)
         color = (colors or {}).get(name, GROUP_COLORS.get(name))
+        same = next((other for other, (ls, m) in drawn.items() if ls == layers and np.allclose(m, mean, atol=5e-3,
+                                                                                              equal_nan=True)), None)
+        drawn[name] = (layers, mean)
         (line,) = ax.plot(layers, mean, marker=MARKERS[k % len(MARKERS)], markersize=max(2.5, 7 - 1.5 * k),
-                          linestyle=LINESTYLES[k % len(LINESTYLES)], linewidth=max(0.8, 2.2 - 0.4 * k), label=name,
-                          color=color, zorder=2 + k)
+                          linestyle=LINESTYLES[k % len(LINESTYLES)], linewidth=max(0.8, 2.2 - 0.4 * k),
+                          label=name if same is None else f"{name} (under {same}: the same values)", color=color,
+                          zorder=2 + k)
         if lo is not None and hi is not None:
             ax.fill_between(layers, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
             shaded = True
     if shaded and band:
         ax.fill_between([], [], [], color="grey", alpha=0.2, linewidth=0, label=f"shaded: {band}")
     ax.axhline(0.0, color="black", linewidth=0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     first = next(iter(curves.values()), None)
     ax.set_ylabel(ylabel or (value_label(first, value) if hasattr(first, "metric") else

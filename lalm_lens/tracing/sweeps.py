@@ -111,9 +111,7 @@ class TimeTrace(TraceResult):
             starts = [f"{w[0]:.2f} s" for w in self.windows[:n]]
             lines.append("by window (max over layers): " + describe_curve(np.nanmax(clip, 0), starts, axis="window"))
         if self.padding:
-            pad = rec[:, -1]
-            best = (f"max RR {_num(np.nanmax(pad))} at layer {self.layers[int(np.nanargmax(pad))]}"
-                    if np.isfinite(pad).any() else "RR undefined")
+            best = describe_curve(rec[:, -1], self.layers)
             lines.append(f"{PADDING} ({len(self.window_positions[-1])} audio positions from "
                          f"{self.windows[-1][0]:.2f} s, the family's padding; no window holds them): {best}")
         return "\n".join(lines)
