@@ -184,5 +184,5 @@ def test_report_tables_say_flat_tied_and_no_ci_for_one_item(tmp_path, monkeypatc
     groups = saved["groups_tied_s_silence.png"]
     assert len({(m, s) for _, _, m, s in groups}) == len(groups)  # coinciding group lines stay distinguishable
     labels = [label for label, *_ in groups]
-    assert "object (under early_prompt: the same values)" in labels and "final" in labels
+    assert "object (same values as early_prompt)" in labels and "final" in labels
     assert {label.split(" ")[0]: color for label, color, _, _ in groups}["object"] == "#d62728"  # its fixed colour

@@ -142,7 +142,7 @@ def plot_layers(curves: Mapping[str, Curve], ax=None, value: str = "recovery", t
         drawn[name] = (layers, mean)
         (line,) = ax.plot(layers, mean, marker=MARKERS[k % len(MARKERS)], markersize=max(2.5, 7 - 1.5 * k),
                           linestyle=LINESTYLES[k % len(LINESTYLES)], linewidth=max(0.8, 2.2 - 0.4 * k),
-                          label=name if same is None else f"{name} (under {same}: the same values)", color=color,
+                          label=name if same is None else f"{name} (same values as {same})", color=color,
                           zorder=2 + k)
         if lo is not None and hi is not None:
             ax.fill_between(layers, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
