@@ -10,7 +10,7 @@ from transformer_lens.utilities import get_act_name
 
 from lalm_lens.cli import main
 from lalm_lens.tracing import DatasetResult, IllPosedTraceWarning, Silence, audio_time_trace
-from lalm_lens.tracing.sweeps import PADDING
+PADDING = "padding after the clip"  # the remainder column's label
 from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip
 
 pytestmark = pytest.mark.filterwarnings("ignore::lalm_lens.tracing.IllPosedTraceWarning")
