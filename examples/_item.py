@@ -16,7 +16,8 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--options", nargs="+", help="the options named in the question")
     p.add_argument("--answer-prefix", help="e.g. \"The speaker's gender is\"")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: the checkpoint's own")
-    p.add_argument("--out", default="analysis_out", help="output folder")
+    p.add_argument("--out", default="lalm_lens_out/analysis",
+                   help="output folder (default: lalm_lens_out/analysis in the current folder, git-ignored)")
     return p
 
 

@@ -8,7 +8,7 @@ option words, the option letters, the final token. Writes the records, `binding.
 `binding.png`, the usual token-group figure and one item's heatmap.
 
     python examples/letters_binding.py                 # 60 items, ~2 min on 2 CPU cores
-    python examples/letters_binding.py --n 200 --out letters_out
+    python examples/letters_binding.py --n 200   # into lalm_lens_out/letters_binding
 """
 
 import argparse
@@ -51,7 +51,8 @@ def role_curves(record: dict) -> dict[str, np.ndarray]:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=60, help="held-out items (default: 60)")
-    p.add_argument("--out", default="letters_binding_out", help="output folder (default: letters_binding_out)")
+    p.add_argument("--out", default="lalm_lens_out/letters_binding",
+                   help="output folder (default: lalm_lens_out/letters_binding, git-ignored)")
     args = p.parse_args()
     out = Path(args.out)
     model = HookedLALM.from_pretrained("demo-letters", device="cpu")

@@ -47,7 +47,7 @@ def main():
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--corruption", default="silence")
     p.add_argument("--dtype", default=None, choices=[None, "bfloat16", "float16", "float32"])
-    p.add_argument("--out", default="paper_layerwise_out")
+    p.add_argument("--out", default="lalm_lens_out/paper_layerwise", help="output folder (git-ignored by default)")
     args = p.parse_args()
     model = HookedLALM.from_pretrained(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None)
     curves = {}

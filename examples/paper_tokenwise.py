@@ -26,7 +26,7 @@ def main():
     p.add_argument("--items", help="a JSONL of items instead")
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--dtype", default=None, choices=[None, "bfloat16", "float16", "float32"])
-    p.add_argument("--out", default="paper_tokenwise_out")
+    p.add_argument("--out", default="lalm_lens_out/paper_tokenwise", help="output folder (git-ignored by default)")
     args = p.parse_args()
     out = Path(args.out)
     model = HookedLALM.from_pretrained(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None)

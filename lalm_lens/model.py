@@ -306,7 +306,13 @@ class HookedLALM(HookedRootModule):
         ids = tok(text if isinstance(text, list) else [text], add_special_tokens=prepend_bos, padding=True, return_tensors="pt")
         return ids["input_ids"].to(self.device)
 
-    def to_str_tokens(self, tokens: Union[Tensor, list[int]]) -> list[str]:
+    def to_str_tokens(self, tokens: Union[Tensor, list[int], Mapping]) -> list:
+        """Token strings of ids, or of a prepared input's `input_ids` (one list per row when it has several)."""
+        if isinstance(tokens, Mapping):
+            ids = tokens["input_ids"]
+            if ids.ndim == 2 and ids.shape[0] > 1:
+                return [self.to_str_tokens(row) for row in ids]
+            tokens = ids
         ids = tokens.flatten().tolist() if isinstance(tokens, Tensor) else list(tokens)
         return self.require_tokenizer().convert_ids_to_tokens(ids)
 

@@ -112,7 +112,7 @@ def test_trace_sweeps_write_json_and_a_figure(tmp_path, capsys, sweep, files):
     assert main(["trace", "--sweep", sweep, "--head-positions", "final", "--out", str(out), "--device", "cpu"]) == 0
     for name in files:
         assert (out / name).is_file(), name
-    assert json.loads((out / "summary.json").read_text())["traces"]
+    assert json.loads((out / f"summary_{sweep.replace('-', '_')}.json").read_text())["traces"]  # one per sweep
     assert main(["trace", "--sweep", sweep, "--mode", "tokens", "--out", str(out)]) == 2  # --mode is for positions
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 
 from lalm_lens.cli.args import DTYPES, CLIError
 from lalm_lens.cli import circuit as circuit_command
@@ -54,10 +55,20 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lalm-lens")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lalm-lens", description="Hooked audio LMs and causal tracing.",
                                      formatter_class=Formatter)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--version", action="version", version=f"lalm-lens {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     trace_commands.add_parsers(sub, Formatter)
     study_command.add_parser(sub, Formatter)
@@ -89,11 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"lalm-lens: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one line per warning, no quoted source line
+            return args.func(args)
     except KeyboardInterrupt:
         print("lalm-lens: interrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+DEMOS = ("demo", "demo-letters")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -79,7 +80,37 @@ def metric_of(args: argparse.Namespace):
     return option_prob() if args.metric == "option_prob" else answer_prob
 
 
+def nearest(value: str, choices) -> str:
+    """` (did you mean 'x'?)` for a close choice, else empty."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_model_name(model: str) -> None:
+    """`--model` is a bundled demo, a folder here, or a hub id (owner/name): a typo is named before any work."""
+    if model in DEMOS or Path(model).exists() or "/" in model:
+        return
+    raise CLIError(f"--model {model}: no model {model!r} (not a bundled demo, not a folder here, not a hub id "
+                   f"owner/name){nearest(model, DEMOS)}")
+
+
+def check_trace_args(args: argparse.Namespace) -> None:
+    """The flags that would otherwise fail only after the model has loaded."""
+    from lalm_lens.tracing.cells import POSITIONAL_STATES
+
+    if args.states not in POSITIONAL_STATES:
+        raise CLIError(f"--states {args.states}: not a restorable block state{nearest(args.states, POSITIONAL_STATES)};"
+                       f" choose from {', '.join(POSITIONAL_STATES)}")
+    if args.window < 1:
+        raise CLIError(f"--window must be at least 1 (1: only the layer itself), got {args.window}")
+    if getattr(args, "window_seconds", 1.0) <= 0:
+        raise CLIError(f"--window-seconds must be a positive number of seconds, got {args.window_seconds}")
+
+
 def trace_settings(args: argparse.Namespace) -> dict:
+    check_trace_args(args)
     return dict(corruption=corruption_of(args), metric=metric_of(args), states=args.states, window=args.window,
                 engine=args.engine, min_effect=args.min_effect)
 

@@ -13,6 +13,8 @@ def add_parser(sub, formatter) -> None:
     s.add_argument("config", help="the study file (.toml or .yaml); see examples/reference_study.toml")
     s.add_argument("--device", help="torch device for every model (default: this rank's GPU, else cpu)")
     add_html_arg(s)
+    s.add_argument("--overwrite", action="store_true",
+                   help="redo every run instead of resuming its records (needed after a setting changed)")
     s.set_defaults(func=cmd_study)
 
 
@@ -23,7 +25,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     study = read_study(args.config)  # the whole file is checked before any model loads
     check_writable(str(study.out))
-    results = run_study(study, device=args.device)
+    results = run_study(study, device=args.device, overwrite=args.overwrite)
     if distributed.from_env().main:
         counts = {k: (len(r.kept), len(r.records)) for k, r in results.items()}
         for key, (kept, total) in counts.items():

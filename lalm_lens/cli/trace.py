@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from lalm_lens.cli.args import (CLIError, add_model_args, add_trace_args, check_audio_file, check_writable, load_model,
-                                trace_settings)
+from lalm_lens.cli.args import (DEMOS, CLIError, add_model_args, add_trace_args, check_audio_file, check_model_name,
+                                check_writable, load_model, trace_settings)
 from lalm_lens.cli.report import add_html_arg, clip_of
 
 
@@ -73,11 +73,16 @@ def _answer(value):
     return int(value) if value is not None and value.isdigit() else value
 
 
-def load_item(args: argparse.Namespace, out: Path):
-    """The model and the prepared item (a synthesized demo clip when `--model demo` or `demo-letters` has no
-    `--audio`); the audio files are checked before the model loads."""
+def check_item_args(args: argparse.Namespace) -> bool:
+    """The model name and the item's flags, checked before any work; True for the demo's own clip."""
     audio, prompt, answer, options, prefix = args.audio, args.prompt, args.answer, args.options, args.answer_prefix
-    demo = args.model in ("demo", "demo-letters") and audio is None
+    check_model_name(args.model)
+    demo = args.model in DEMOS and audio is None
+    typed = [flag for flag, v in (("--prompt", prompt), ("--answer", answer), ("--options", options),
+                                  ("--answer-prefix", prefix)) if v is not None]
+    if demo and typed:
+        raise CLIError(f"{', '.join(typed)} without --audio: with no --audio the demo traces its own clip and "
+                       "question; pass --audio FILE with them (and --prompt, --answer), or drop them")
     if not demo:
         missing = [name for name, v in (("--audio", audio), ("--prompt", prompt), ("--answer", answer)) if v is None]
         if missing:
@@ -85,6 +90,14 @@ def load_item(args: argparse.Namespace, out: Path):
         check_audio_file(audio, "--audio")
     if getattr(args, "swap_audio", None):
         check_audio_file(args.swap_audio, "--swap-audio")
+    return demo
+
+
+def load_item(args: argparse.Namespace, out: Path):
+    """The model and the prepared item (a synthesized demo clip when `--model demo` or `demo-letters` has no
+    `--audio`); the flags and audio files are checked before the model loads."""
+    demo = check_item_args(args)
+    audio, prompt, answer, options, prefix = args.audio, args.prompt, args.answer, args.options, args.answer_prefix
     model = load_model(args)
     if demo:
         from lalm_lens.demo import demo_example
@@ -113,9 +126,15 @@ def run_traces(args, model, inp, answer, settings, out: Path) -> list:
         modes = ["tokens", "layers"] if args.mode == "both" else [args.mode]
         runs = [(mode, lambda mode=mode: causal_trace(model, inp, answer=answer, mode=mode, **settings),
                  "heatmap_tokens.png" if mode == "tokens" else "recovery_layers.png") for mode in modes]
+    import warnings
+
+    from lalm_lens.tracing import IllPosedTraceWarning
+
     results = []
     for name, run, figure in runs:
-        result = run()
+        with warnings.catch_warnings():  # the summary below says it once, as its WARNING line
+            warnings.simplefilter("ignore", IllPosedTraceWarning)
+            result = run()
         result.save(out / f"trace_{name}.json")
         if args.sweep == "positions":
             result.save(out / f"trace_{name}.npz")
@@ -129,6 +148,7 @@ def run_traces(args, model, inp, answer, settings, out: Path) -> list:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
+    check_item_args(args)
     settings = trace_settings(args)  # argument errors before any work
     if args.sweep != "positions" and args.mode != "both":
         raise CLIError(f"--mode applies to --sweep positions, not --sweep {args.sweep}")
@@ -137,7 +157,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     results = run_traces(args, model, inp, answer, settings, out)
     summary = dict(model=args.model, **item, settings=results[-1][1].settings,
                    traces={name: result.numbers() for name, result in results})
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    name = "summary.json" if args.sweep == "positions" else f"summary_{args.sweep.replace('-', '_')}.json"
+    (out / name).write_text(json.dumps(summary, indent=1, default=str))  # one per sweep: a shared --out keeps all
     if any(result.ill_posed for _, result in results) and not args.allow_ill_posed:
         print("lalm-lens: the trace is ill-posed (see WARNING above); its outputs are written and flagged. "
               "Pass --allow-ill-posed to exit 0 anyway.", file=sys.stderr)
@@ -150,6 +171,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise CLIError(f"--top-k must be at least 1, got {args.top_k}")
+    check_item_args(args)
     out = check_writable(args.out)
     model, inp, answer, _ = load_item(args, out)
     corruption = {"none": None, "silence": "silence", "noise": GaussianNoise(seed=args.seed)}[args.corruption]
@@ -162,12 +184,27 @@ def cmd_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+def say_resuming(path: Path, items) -> None:
+    """A resumed run says so: how many of the items already have a record that will be reused."""
+    from lalm_lens.tracing.records import read_records
+
+    if not path.is_file():
+        return
+    _, records = read_records(path, repair=False)
+    done = {r.get("id") for r in records if r.get("status") != "error"}
+    have = sum(item.id in done for item in items)
+    if have:
+        print(f"resuming {path}: {have} of {len(items)} items already traced there are reused "
+              "(--overwrite to start over)")
+
+
 def cmd_trace_dataset(args: argparse.Namespace) -> int:
     import warnings
 
     from lalm_lens.tracing import distributed, plots, trace_dataset
     from lalm_lens.tracing.dataset import as_items
 
+    check_model_name(args.model)
     settings = trace_settings(args)
     if args.batch_items != "auto" and not (args.batch_items.isdigit() and int(args.batch_items) >= 1):
         raise CLIError(f"--batch-items must be a positive integer or 'auto', got {args.batch_items!r}")
@@ -188,6 +225,8 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
         args.device = distributed.default_device(dist)  # under torchrun: this rank's own GPU
     model = load_model(args)
     batch = "auto" if args.batch_items == "auto" else int(args.batch_items)
+    if dist.main and not args.overwrite:
+        say_resuming(out / "records.jsonl", items)
     result = trace_dataset(model, items, out=out / "records.jsonl", mode=args.mode, overwrite=args.overwrite,
                            filter=None if args.no_filter else "checks", batch_items=batch, **settings)
     if not dist.main:

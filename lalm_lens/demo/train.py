@@ -30,6 +30,7 @@ from lalm_lens.demo.synth import (ATTRIBUTES, LETTERS, MAX_SECONDS, RATE, Letter
 
 VOCAB_SIZE = 128
 HELD_OUT_SEED, HELD_OUT_N = 20260, 400
+THREADS = 2  # the bundled models' runs; the loss is reproducible for a fixed thread count
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,9 @@ class Task:
 
 
 TASKS = {
-    "attributes": Task(make_examples, "demo_model_retrained", steps=1800, lr=3e-3),
-    "letters": Task(make_letter_examples, "demo_model_letters_retrained", steps=2000, lr=3e-3, vocab_size=64,
-                    mix=0.3, init=0.1, reshuffle=True, marking=1.0),
+    "attributes": Task(make_examples, "lalm_lens_out/demo_model_retrained", steps=1800, lr=3e-3),
+    "letters": Task(make_letter_examples, "lalm_lens_out/demo_model_letters_retrained", steps=2000, lr=3e-3,
+                    vocab_size=64, mix=0.3, init=0.1, reshuffle=True, marking=1.0),
 }
 
 
@@ -197,8 +198,25 @@ def training_items(clips, task: Task, seed: int) -> list:
 
 def train(out: Path, steps: int | None = None, n_clips: int = 1500, batch_size: int = 32, lr: float | None = None,
           seed: int = 0, eval_every: int = 300, held_out: int = HELD_OUT_N, task: str = "attributes",
-          log=print) -> dict:
-    """Train `task`'s model, save it with its processor and `training_report.json` (held-out accuracy)."""
+          log=print, threads: int = THREADS) -> dict:
+    """Train `task`'s model, save it with its processor and `training_report.json` (held-out accuracy, and the
+    loss at every evaluation step).
+
+    Reproducible on CPU: the data, the initialisation and the batch order are seeded, torch runs with
+    deterministic algorithms and a fixed number of threads (`threads`, restored afterwards), so the same
+    seed, threads and torch build give the same loss bit for bit. What can still change it: another thread
+    count (reductions split differently), another torch/MKL build or CPU instruction set."""
+    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(Path(out), steps, n_clips, batch_size, lr, seed, eval_every, held_out, task, log)
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+
+
+def _train(out: Path, steps, n_clips, batch_size, lr, seed, eval_every, held_out, task, log) -> dict:
     spec = TASKS[task]
     steps = spec.steps if steps is None else steps
     lr = spec.lr if lr is None else lr
@@ -217,6 +235,7 @@ def train(out: Path, steps: int | None = None, n_clips: int = 1500, batch_size: 
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     gen = torch.Generator().manual_seed(seed)
     batches = length_batches(train_set["attention_mask"].sum(-1).float(), batch_size, gen)
+    losses = []
     for step in range(1, steps + 1):
         model.train()
         rows = next(batches)
@@ -233,6 +252,7 @@ def train(out: Path, steps: int | None = None, n_clips: int = 1500, batch_size: 
         opt.step()
         sched.step()
         if step % eval_every == 0 or step == steps:
+            losses.append([step, loss.item()])
             acc = accuracy(model, test_set)
             log(f"step {step:5d}  loss {loss.item():.4f}  held-out accuracy "
                 + "  ".join(f"{k} {v:.3f}" for k, v in acc.items()) + f"  ({time.time() - t0:.0f} s)")
@@ -248,7 +268,7 @@ def train(out: Path, steps: int | None = None, n_clips: int = 1500, batch_size: 
                       task=task, layers=spec.layers, width=spec.width, ffn=spec.ffn, mix=spec.mix, init=spec.init,
                       reshuffle=spec.reshuffle, marking=spec.marking,
                       first_150_correct=int(hits[:150].sum()))),  # a fast test checks these items
-                  torch=torch.__version__, threads=torch.get_num_threads())
+                  torch=torch.__version__, threads=torch.get_num_threads(), deterministic=True, losses=losses)
     (out / "training_report.json").write_text(json.dumps(report, indent=1))
     log(f"saved to {out}; held-out accuracy {acc}; {report['seconds']} s")
     return report
@@ -259,21 +279,20 @@ def main(argv=None) -> None:
     p.add_argument("--task", default="attributes", choices=sorted(TASKS),
                    help="attributes: answer with the attribute word; letters: answer with the option's letter "
                         "(default: attributes)")
-    p.add_argument("--out", help="where to save (default: a new folder, demo_model_retrained or "
-                                 "demo_model_letters_retrained; pass lalm_lens/demo_model to replace the bundled model)")
+    p.add_argument("--out", help="where to save (default: a new folder, lalm_lens_out/demo_model_retrained or "
+                                 "lalm_lens_out/demo_model_letters_retrained (git-ignored); pass lalm_lens/demo_model to replace the bundled model)")
     p.add_argument("--steps", type=int, help="optimizer steps (default: 1800 for attributes, "
                                              f"{TASKS['letters'].steps} for letters)")
     p.add_argument("--clips", type=int, default=1500, help="synthesized training clips (default: 1500)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the task's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the initialisation (default: 0)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
+    p.add_argument("--threads", type=int, default=THREADS,
+                   help=f"torch CPU threads; the loss is reproducible for a fixed count (default: {THREADS})")
     p.add_argument("--eval-every", type=int, default=300, help="steps between held-out evaluations (default: 300)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     train(Path(args.out or TASKS[args.task].out), steps=args.steps, n_clips=args.clips, batch_size=args.batch_size,
-          lr=args.lr, seed=args.seed, eval_every=args.eval_every, task=args.task)
+          lr=args.lr, seed=args.seed, eval_every=args.eval_every, task=args.task, threads=args.threads)
 
 
 if __name__ == "__main__":

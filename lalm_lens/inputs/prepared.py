@@ -47,6 +47,11 @@ class PreparedInput(Mapping):
         return self.tensors["input_ids"]
 
     @property
+    def shape(self) -> torch.Size:
+        """The token ids' `[batch, pos]`, so token-only tools (`transformer_lens.patching`) take a prepared input."""
+        return self.input_ids.shape
+
+    @property
     def batch_size(self) -> int:
         return self.input_ids.shape[0]
 

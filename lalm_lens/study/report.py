@@ -15,13 +15,46 @@ import numpy as np
 
 from lalm_lens.study.config import Study, slug
 from lalm_lens.tracing import plots
-from lalm_lens.tracing.results import _clean_floats, first_reaching
+from lalm_lens.tracing.results import FLAT, _clean_floats, first_reaching
 
 GROUPS = ("early_prompt", "object", "late_prompt", "final", "transcript", "template")
 
 
-def _cell(mean, lo, hi, i) -> str:
-    return f"{mean[i]:.2f} [{lo[i]:.2f}, {hi[i]:.2f}]"
+def num(x: float) -> str:
+    """Two decimals, never `-0.00`."""
+    return f"{x:.2f}".replace("-0.00", "0.00")
+
+
+def peak(mean, layers) -> tuple[str, int | None]:
+    """The peak layer as the report prints it: one layer, "tied (3, 4)" among equal maxima, "flat" for a
+    curve that varies by less than `FLAT` (as `summary.json` marks it); and the index of the (first) peak."""
+    mean = np.asarray(mean, dtype=float)
+    if not np.isfinite(mean).any():
+        return "–", None
+    best = int(np.nanargmax(mean))
+    if np.nanmax(mean) - np.nanmin(mean) < FLAT:
+        return "flat", None
+    top = [l for l, v in zip(layers, mean) if np.isfinite(v) and v >= mean[best] - 1e-3]
+    return (str(top[0]) if len(top) == 1 else f"tied ({', '.join(map(str, top))})"), best
+
+
+def _cell(mean, lo, hi, i, n: int) -> str:
+    """The mean RR at the peak with its 95% CI (none for one item, and none for a flat curve)."""
+    if i is None:
+        return f"flat: {num(np.nanmin(mean))} to {num(np.nanmax(mean))}" if np.isfinite(mean).any() else "–"
+    return f"{num(mean[i])} (n = 1: no CI)" if n < 2 else f"{num(mean[i])} [{num(lo[i])}, {num(hi[i])}]"
+
+
+def _or_dash(value) -> str:
+    return "–" if value is None else str(value)
+
+
+def model_colors(study: Study) -> dict:
+    """One colour per model, the same in every figure of the study."""
+    import matplotlib
+
+    cycle = matplotlib.colormaps["tab10"].colors
+    return {m.name: matplotlib.colors.to_hex(cycle[k % len(cycle)]) for k, m in enumerate(study.models)}
 
 
 def layer_section(study: Study, results: dict, figures: Path) -> list[str]:
@@ -35,20 +68,22 @@ def layer_section(study: Study, results: dict, figures: Path) -> list[str]:
             lines += [f"### {item_set.name} · {label}", "",
                       "| model | items kept / traced | peak layer | mean RR at peak [95% CI] | first layer with mean RR >= 0.5 |",
                       "|---|---|---|---|---|"]
-            curves = {}
+            curves, colors, palette = {}, {}, model_colors(study)
             for name, result in runs.items():
                 if not result.kept:
                     lines.append(f"| {name} | 0 / {len(result.records)} | – | – | – |")
                     continue
                 layers, mean, lo, hi = result.layer_curve()
-                best = int(np.nanargmax(mean))
-                lines.append(f"| {name} | {len(result.kept)} / {len(result.records)} | {layers[best]} | "
-                             f"{_cell(mean, lo, hi, best)} | {first_reaching(mean, layers)} |")
-                curves[f"{name} (n={len(result.kept)})"] = (layers, mean, lo, hi)
+                where, best = peak(mean, layers)
+                lines.append(f"| {name} | {len(result.kept)} / {len(result.records)} | {where} | "
+                             f"{_cell(mean, lo, hi, best, len(result.kept))} | {_or_dash(first_reaching(mean, layers))} |")
+                key = f"{name} (n={len(result.kept)})"
+                curves[key] = (layers, mean, lo, hi) if len(result.kept) > 1 else (layers, mean)
+                colors[key] = palette[name]
             if curves:
                 path = figures / f"layers_{slug(item_set.name)}_{slug(label)}.png"
                 ax = plots.plot_layers(curves, title=f"{item_set.name} · {label} · all text positions restored",
-                                       band="95% CI over each model's n items")
+                                       band="95% CI over each model's n items (none for n = 1)", colors=colors)
                 plots.save(ax, path)
                 lines += ["", f"![layer-wise {item_set.name} {label}](figures/{path.name})"]
             lines.append("")
@@ -66,10 +101,10 @@ def token_section(study: Study, results: dict, figures: Path) -> list[str]:
             present = [g for g in GROUPS if any(g in r.group_curves() for r in runs.values())]
             lines += [f"### {item_set.name} · {label}", "", "| model | n | " + " | ".join(present) + " |",
                       "|---|---|" + "---|" * len(present)]
+            notes = []
             for name, result in runs.items():
                 curves = result.group_curves()
-                row = [f"{np.nanmax(curves[g][1]):.2f} (layer {curves[g][0][int(np.nanargmax(curves[g][1]))]})"
-                       if g in curves else "–" for g in present]
+                row = [_group_max(*curves[g][:2]) if g in curves else "–" for g in present]
                 lines.append(f"| {name} | {len(result.kept)} | " + " | ".join(row) + " |")
                 stem = f"{slug(name)}_{slug(item_set.name)}_{slug(label)}"
                 plots.save(result.plot(title=f"{name} · {item_set.name} · {label} · by token group"),
@@ -78,12 +113,23 @@ def token_section(study: Study, results: dict, figures: Path) -> list[str]:
                 if mean is not None:
                     title = f"{name} · {item_set.name} · {label} · {mean.metric['describe']}"
                     plots.save(mean.plot(title=title), figures / f"heatmap_{stem}.png")
-            lines.append("")
+                    notes.append(f"- {name}: the heatmap is the {mean.metric['describe']}")
+            lines += ["", "The group table and curves average every kept item; a heatmap needs aligned text "
+                      "positions, so it averages only the kept items that share the most common prompt:", ""]
+            lines += notes + [""]
             for name in runs:
                 stem = f"{slug(name)}_{slug(item_set.name)}_{slug(label)}"
                 lines.append(f"![groups {name}](figures/groups_{stem}.png) ![heatmap {name}](figures/heatmap_{stem}.png)")
             lines.append("")
     return lines
+
+
+def _group_max(layers, mean) -> str:
+    """A group's maximum mean RR and where: one layer, "tied", or no layer for a flat curve."""
+    where, best = peak(mean, layers)
+    if best is None:
+        return f"{num(np.nanmax(mean))} (flat)" if where == "flat" else "–"
+    return f"{num(mean[best])} ({'layer ' + where if where[0].isdigit() else where})"
 
 
 def write_report(study: Study, results: dict) -> Path:

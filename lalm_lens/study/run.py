@@ -25,12 +25,17 @@ def load(spec: ModelSpec, device: Optional[str]):
     return model
 
 
-def run_study(study: Study | str | Path, progress: bool = True, device: Optional[str] = None) -> dict:
-    """Trace the whole study; returns `{(model, item set, corruption, mode): DatasetResult}`."""
+def run_study(study: Study | str | Path, progress: bool = True, device: Optional[str] = None,
+              overwrite: bool = False) -> dict:
+    """Trace the whole study; returns `{(model, item set, corruption, mode): DatasetResult}`.
+
+    A rerun resumes every run's records; a run whose settings changed is refused (`overwrite=True`,
+    `lalm-lens study --overwrite`, redoes every run instead)."""
     from tqdm.auto import tqdm
 
     from lalm_lens.study.report import write_report
     from lalm_lens.tracing import distributed, trace_dataset
+    from lalm_lens.tracing.records import SettingsMismatch
 
     study = study if isinstance(study, Study) else read_study(study)
     dist = distributed.from_env()
@@ -46,9 +51,15 @@ def run_study(study: Study | str | Path, progress: bool = True, device: Optional
         model = loaded[spec.name]
         folder = study.run_dir(spec, item_set, label, mode)
         bar.set_postfix_str(f"{spec.name} · {item_set.name} · {label} · {mode}")
-        results[(spec.name, item_set.name, label, mode)] = trace_dataset(
-            model, item_lists[item_set.name], out=folder / "records.jsonl", mode=mode,
-            corruption=study.corruptions[label], progress=bar, **study.trace)
+        try:
+            results[(spec.name, item_set.name, label, mode)] = trace_dataset(
+                model, item_lists[item_set.name], out=folder / "records.jsonl", mode=mode, overwrite=overwrite,
+                corruption=study.corruptions[label], progress=bar, **study.trace)
+        except SettingsMismatch as err:
+            reason = str(err).split(". Use a new")[0]
+            raise SettingsMismatch(f"{reason}. Rerun with `lalm-lens study --overwrite` (run_study(..., "
+                                   "overwrite=True)) to redo the study's runs, or set `out =` in the study file to a "
+                                   "new folder") from None
     bar.close()
     if dist.main:
         write_report(study, results)

@@ -30,9 +30,9 @@ def _num(x: float) -> str:
     return f"{x:.2f}".replace("-0.00", "0.00")
 
 
-def _ci(mean, lo, hi, best) -> str:
-    """The peak's 95% CI, or nothing for a flat curve (whose "peak" means nothing)."""
-    if np.nanmax(mean) - np.nanmin(mean) < FLAT:
+def _ci(mean, lo, hi, best, n: int = 2) -> str:
+    """The peak's 95% CI, or nothing for a flat curve (whose "peak" means nothing) or a single item."""
+    if n < 2 or np.nanmax(mean) - np.nanmin(mean) < FLAT:
         return ""
     return f" (95% CI at that layer {_num(lo[best])} to {_num(hi[best])})"
 
@@ -82,12 +82,12 @@ class DatasetResult(Viewable):
         if self.mode == "layers":
             layers, mean, lo, hi = self.layer_curve()
             best = int(np.nanargmax(mean))
-            text.append(f"{describe_curve(mean, layers)}{_ci(mean, lo, hi, best)}; first layer "
+            text.append(f"{describe_curve(mean, layers)}{_ci(mean, lo, hi, best, len(self.kept))}; first layer "
                         f"with mean RR >= 0.5: {first_reaching(mean, layers)}")
         else:
             for g, (layers, mean, lo, hi) in self.group_curves().items():
                 best = int(np.nanargmax(mean))
-                text.append(f"{g}: {describe_curve(mean, layers)}{_ci(mean, lo, hi, best)}")
+                text.append(f"{g}: {describe_curve(mean, layers)}{_ci(mean, lo, hi, best, len(self.kept))}")
         return "\n".join(text)
 
     def mean_token_trace(self):
@@ -118,8 +118,15 @@ class DatasetResult(Viewable):
         return TokenTrace(clean=1.0, corrupted=0.0, patched=torch.tensor(np.nanmean([r["recovery"] for r in rows], 0)),
                           layers=self.layers, positions=positions, token_labels=list(labels), groups=groups,
                           states=self.settings.get("states", ""), answer=f"mean over {len(rows)} items", answer_token=-1,
-                          metric={"name": "mean_rr", "describe": f"mean RR over {len(rows)} items"},
+                          metric={"name": "mean_rr", "describe": self.heatmap_describe(len(rows))},
                           settings=settings, str_tokens=str_tokens)
+
+    def heatmap_describe(self, n: int) -> str:
+        """What the mean heatmap averages: all kept items, or the share that has the most common prompt."""
+        kept = len(self.kept)
+        if n == kept:
+            return f"mean RR over all {kept} kept items"
+        return f"mean RR over {n} of {kept} kept items (those with the most common prompt; text positions align)"
 
     def title(self) -> str:
         s = self.settings
@@ -144,10 +151,13 @@ class DatasetResult(Viewable):
         def curve(layers, m, lo, hi):
             finite = np.isfinite(m)
             peak = int(np.nanargmax(m)) if finite.any() else None
-            return dict(mean=m.tolist(), ci_low=lo.tolist(), ci_high=hi.tolist(),
-                        peak_layer=None if peak is None else layers[peak], peak=None if peak is None else float(m[peak]),
-                        flat=bool(finite.any() and np.nanmax(m) - np.nanmin(m) < 0.05),
-                        first_layer_at_half=first_reaching(m, layers))
+            flat = bool(finite.any() and np.nanmax(m) - np.nanmin(m) < FLAT)
+            tied = [] if peak is None or flat else [l for l, v in zip(layers, m) if np.isfinite(v) and v >= m[peak] - 1e-3]
+            ci = len(self.kept) > 1  # one item has no CI
+            return dict(mean=m.tolist(), ci_low=lo.tolist() if ci else None, ci_high=hi.tolist() if ci else None,
+                        peak_layer=None if peak is None or flat else layers[peak],
+                        peak=None if peak is None else float(m[peak]), tied_layers=tied if len(tied) > 1 else None,
+                        flat=flat, first_layer_at_half=first_reaching(m, layers))
 
         if self.kept:
             if self.mode == "layers":
@@ -155,6 +165,64 @@ class DatasetResult(Viewable):
             else:
                 out["group_recovery"] = {g: curve(*c) for g, c in self.group_curves().items()}
         return out
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "DatasetResult":
+        """A dataset run read back from its `--out` folder (or its `records.jsonl`): its records (one per id,
+        the last written) and settings, as `trace_dataset` returned them."""
+        from lalm_lens.tracing.records import read_records
+
+        path = Path(path)
+        file = path / "records.jsonl" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no records file {file} (DatasetResult.load takes a trace-dataset --out folder "
+                                    "or its records.jsonl)")
+        header, records = read_records(file, repair=False)
+        settings = (header or {}).get("settings") or {}
+        if "mode" not in settings or "layers" not in settings:
+            raise ValueError(f"{file} has no settings header with mode and layers: not a trace-dataset records file")
+        by_id = {r["id"]: r for r in records if isinstance(r, dict) and "id" in r}  # a retried id counts once
+        return cls(records=list(by_id.values()), mode=settings["mode"], layers=list(settings["layers"]),
+                   settings=settings)
+
+    def to_dataframe(self):
+        """One row per item x layer (layers mode) or item x layer x restored position (tokens mode), with the
+        item's own fields (id, question, answer, options, status, clean, corrupted, ...); an item that was not
+        traced (dropped by a check, or an error) is one row with no layer."""
+        import pandas as pd
+
+        arrays = {"patched", "recovery", "positions", "groups", "group_recovery", "token_labels", "checks",
+                  "audio_span", "work"}
+        rows = []
+        for r in self.records:
+            item = {}
+            for k, v in r.items():
+                if k in arrays:
+                    continue
+                if isinstance(v, dict):
+                    item.update({f"{k}.{a}": b for a, b in v.items()})
+                else:
+                    item[k] = v
+            item["kept"] = r.get("status") == "ok"
+            rec, patched = r.get("recovery"), r.get("patched")
+            if rec is None:
+                rows.append(dict(item, layer=None))
+                continue
+            for a, layer in enumerate(self.layers):
+                if self.mode == "layers":
+                    rows.append(dict(item, layer=layer, patched=patched[a], recovery=rec[a]))
+                    continue
+                for j, pos in enumerate(r["positions"]):
+                    rows.append(dict(item, layer=layer, position=pos, token=r["token_labels"][j],
+                                     group=r["groups"][j], patched=patched[a][j], recovery=rec[a][j]))
+        frame = pd.DataFrame(rows)
+        for col in ("layer", "position"):
+            if col in frame:
+                frame[col] = frame[col].astype("Int64")  # an untraced item's row has none
+        for col in ("patched", "recovery"):
+            if col in frame:
+                frame[col] = pd.to_numeric(frame[col], errors="coerce")  # None (NaN saved as null) -> NaN
+        return frame
 
     def save(self, path: Union[str, Path]) -> Path:
         from lalm_lens.tracing.results import _clean_floats

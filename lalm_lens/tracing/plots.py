@@ -121,21 +121,38 @@ def _curve(item, value: str):
     return list(layers), np.asarray(mean, float), None if lo is None else np.asarray(lo), None if hi is None else np.asarray(hi)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
 def plot_layers(curves: Mapping[str, Curve], ax=None, value: str = "recovery", title: Optional[str] = None,
-                ylabel: Optional[str] = None, xlabel: str = "layer", band: Optional[str] = None):
+                ylabel: Optional[str] = None, xlabel: str = "layer", band: Optional[str] = None,
+                colors: Optional[Mapping[str, str]] = None):
     """Layer-wise curves (several models, attributes or groups on one figure); `band` labels the shaded CIs
-    (e.g. "95% CI over 60 items")."""
+    (e.g. "95% CI over 60 items"); `colors` fixes a colour per name (token groups always get theirs), so a
+    name keeps its colour across figures. Each line has its own marker and dash, the later ones drawn
+    smaller, so curves that coincide (flat groups) stay visible."""
     ax = _axes(ax, (6.4, 3.8))
-    shaded = False
-    for name, item in curves.items():
+    shaded, drawn = False, {}
+    for k, (name, item) in enumerate(curves.items()):
         layers, mean, lo, hi = _curve(item, value)
-        (line,) = ax.plot(layers, mean, marker="o", markersize=3, label=name, color=GROUP_COLORS.get(name))
+        color = (colors or {}).get(name, GROUP_COLORS.get(name))
+        same = next((other for other, (ls, m) in drawn.items() if ls == layers and np.allclose(m, mean, atol=5e-3,
+                                                                                              equal_nan=True)), None)
+        drawn[name] = (layers, mean)
+        (line,) = ax.plot(layers, mean, marker=MARKERS[k % len(MARKERS)], markersize=max(2.5, 7 - 1.5 * k),
+                          linestyle=LINESTYLES[k % len(LINESTYLES)], linewidth=max(0.8, 2.2 - 0.4 * k),
+                          label=name if same is None else f"{name} (same values as {same})", color=color,
+                          zorder=2 + k)
         if lo is not None and hi is not None:
             ax.fill_between(layers, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
             shaded = True
     if shaded and band:
         ax.fill_between([], [], [], color="grey", alpha=0.2, linewidth=0, label=f"shaded: {band}")
     ax.axhline(0.0, color="black", linewidth=0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     first = next(iter(curves.values()), None)
     ax.set_ylabel(ylabel or (value_label(first, value) if hasattr(first, "metric") else
@@ -161,36 +178,74 @@ def _recovery_image(ax, data: np.ndarray, value: str, label: str, cmap: str = "P
     return image
 
 
+def time_columns(windows, duration: float) -> tuple[list[float], list[int]]:
+    """Column edges on the time axis (seconds) and, per column, the index of its window (-1: a gap no window
+    covers), so every window is drawn at its own start and end (the last one partial)."""
+    edges, which, cur = [0.0], [], 0.0
+    for w, (a, b) in sorted(enumerate(windows), key=lambda x: x[1][0]):
+        if a > cur + 1e-9:
+            edges.append(a)
+            which.append(-1)
+        edges.append(b)
+        which.append(w)
+        cur = b
+    if cur < duration - 1e-9:
+        edges.append(duration)
+        which.append(-1)
+    return edges, which
+
+
 def plot_time_heatmap(result, value: str = "recovery", title: Optional[str] = None):
-    """Layers x time (seconds on the axis), the clip's log-mel spectrogram underneath on the same time axis."""
+    """Layers x time: each window drawn over its own time span, the clip's log-mel spectrogram underneath on
+    the same time axis (same width: the colourbar has its own column), and the padding after the clip (when
+    the family pads it) as a separate column at the right."""
     import matplotlib.pyplot as plt
 
     if not _interactive():
         import matplotlib
 
         matplotlib.use("Agg", force=False)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 5.2), sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
     data = getattr(result, value).float().numpy()  # [layers, windows]
-    duration = result.settings.get("duration") or result.windows[-1][1]
-    edges = [w[0] for w in result.windows]
-    step = result.settings.get("window_seconds", (result.windows[0][1] - result.windows[0][0]))
-    # one column per window, drawn at its time span
-    grid = np.full((len(result.layers), max(1, int(round(duration / step)))), np.nan)
-    for b, start in enumerate(edges):
-        grid[:, min(int(round(start / step)), grid.shape[1] - 1)] = data[:, b]
-    _recovery_image(top, grid, value, value_label(result, value), extent=(0, grid.shape[1] * step,
-                                                                          len(result.layers) - 0.5, -0.5))
+    n = getattr(result, "clip_windows", len(result.windows))
+    padding = n < len(result.windows)
+    duration = result.settings.get("duration") or (result.windows[n][0] if padding else result.windows[-1][1])
+    widths = [12.0] + ([1.4] if padding else []) + [0.3]
+    fig = plt.figure(figsize=(8.2, 5.2), layout="constrained")
+    grid = fig.add_gridspec(2, len(widths), width_ratios=widths, height_ratios=[3, 1])
+    top = fig.add_subplot(grid[0, 0])
+    bottom = fig.add_subplot(grid[1, 0], sharex=top)
+    edges, which = time_columns([w[:2] for w in result.windows[:n]], duration)
+    grid_values = np.array([data[:, w] if w >= 0 else np.full(len(result.layers), np.nan) for w in which]).T
+    finite = data[np.isfinite(data)]
+    vmax = max(1.0, float(finite.max())) if value == "recovery" and finite.size else None
+    norm = dict(vmin=0.0 if value == "recovery" else None, vmax=vmax)
+    import matplotlib
+
+    cmap = matplotlib.colormaps["Purples"].with_extremes(bad="#e8e8e8")
+    rows = np.arange(len(result.layers) + 1) - 0.5
+    mesh = top.pcolormesh(edges, rows, np.ma.masked_invalid(grid_values), cmap=cmap, edgecolors="white",
+                          linewidth=0.3, **norm)  # thin white edges: each window's own span stays visible
+    top.set_ylim(len(result.layers) - 0.5, -0.5)
     top.set_yticks(range(len(result.layers)))
     top.set_yticklabels(result.layers, fontsize=7)
     top.set_ylabel("layer")
     top.set_title(title or result.title("audio windows"), fontsize=9)
+    top.tick_params(labelbottom=False)
+    if padding:
+        pad = fig.add_subplot(grid[0, 1], sharey=top)
+        pad.pcolormesh([0.0, 1.0], rows, np.ma.masked_invalid(data[:, -1:]), cmap=cmap, norm=mesh.norm)
+        pad.set_xticks([])
+        pad.tick_params(labelleft=False)
+        pad.set_title("padding\nafter the clip", fontsize=7)
+        pad.set_xlabel(f"{len(result.window_positions[-1])} pos.\n{result.windows[-1][0]:.1f}–"
+                       f"{result.windows[-1][1]:.1f} s", fontsize=7)
+    fig.colorbar(mesh, cax=fig.add_subplot(grid[0, -1])).set_label(value_label(result, value))
     if result.spectrogram:
         spec = np.asarray(result.spectrogram, dtype=float)
         bottom.imshow(spec, aspect="auto", origin="lower", cmap="magma", extent=(0, duration, 0, spec.shape[0]))
         bottom.set_ylabel("mel band")
     bottom.set_xlabel("time in the clip (s)")
-    bottom.set_xlim(0, max(duration, grid.shape[1] * step))
-    fig.tight_layout()
+    top.set_xlim(0, duration)
     return top
 
 

@@ -27,8 +27,13 @@ from lalm_lens.tracing.results import RESULT_TYPES, TraceResult, describe_curve
 from lalm_lens.tracing.trace import TraceSpec, refuse_moved, result_fields, run_trace
 
 
+PADDING = "padding after the clip"
+
+
 def time_windows(inp, window_seconds: float) -> list[tuple[float, float, list[int]]]:
-    """`(start, end, positions)` of every window holding audio positions of the clip (row 0)."""
+    """`(start, end, positions)` of every window holding audio positions of the clip (row 0), then, when the
+    family pads the clip (Voxtral: to 30 s), one last `(duration, padded end, positions)` for the audio
+    positions past the clip's end, which no window holds (see `TimeTrace.padding`)."""
     seconds = (getattr(inp, "meta", None) or {}).get("audio_seconds")
     if not seconds or seconds[0] is None:
         raise ValueError("this input's audio positions have no timing (DeSTA's 64 vectors are Q-Former queries over "
@@ -38,10 +43,16 @@ def time_windows(inp, window_seconds: float) -> list[tuple[float, float, list[in
     duration = len(inp.waveform) / inp.sampling_rate
     n = max(1, math.ceil(duration / window_seconds - 1e-9))
     buckets: list[list[int]] = [[] for _ in range(n)]
+    padding, last = [], duration
     for pos, t in zip(inp.audio_positions[0].tolist(), seconds[0].tolist()):
-        if t <= duration:  # positions past the clip's end (Voxtral pads to 30 s) are not swept
+        if t < duration:
             buckets[min(int(t // window_seconds), n - 1)].append(pos)
-    return [(k * window_seconds, min((k + 1) * window_seconds, duration), b) for k, b in enumerate(buckets) if b]
+        else:  # positions past the clip's end (Voxtral pads to 30 s): their own remainder, never a window's
+            padding.append(pos)
+            last = max(last, t)
+    step = (seconds[0][1] - seconds[0][0]).item() if len(seconds[0]) > 1 else 0.0
+    windows = [(k * window_seconds, min((k + 1) * window_seconds, duration), b) for k, b in enumerate(buckets) if b]
+    return windows + ([(duration, last + step, padding)] if padding else [])
 
 
 def spectrogram(wave: np.ndarray, rate: int, n_mels: int = 40, max_frames: int = 400) -> list[list[float]]:
@@ -56,43 +67,68 @@ def spectrogram(wave: np.ndarray, rate: int, n_mels: int = 40, max_frames: int =
 
 @dataclass
 class TimeTrace(TraceResult):
-    """`patched[layer, w]`: the audio positions of time window `windows[w]` restored together at each layer."""
+    """`patched[layer, w]`: the audio positions of time window `windows[w]` restored together at each layer.
+
+    With `padding`, the last column is not a window of the clip: it holds the audio positions past the clip's
+    end (Voxtral pads every clip to 30 s; those positions differ between the clean and the corrupted run, since
+    the log-mel normalisation depends on the clip), restored together as one remainder."""
 
     windows: list = field(default_factory=list)  # [start, end] seconds per column
     window_positions: list = field(default_factory=list)  # the positions of each window
     spectrogram: Optional[list] = None  # [n_mels, frames] log-mel of the clip, for the figure
+    padding: bool = False  # the last column is the padding after the clip
     kind: ClassVar[str] = "audio_time"
 
     def expected_shape(self) -> tuple[int, ...]:
         return (len(self.layers), len(self.windows))
 
+    @property
+    def clip_windows(self) -> int:
+        """The number of columns that are windows of the clip (all but the padding remainder)."""
+        return len(self.windows) - int(self.padding)
+
+    def span_name(self, w: int) -> str:
+        return PADDING if w >= self.clip_windows else "clip"
+
     def to_dataframe(self):
         import pandas as pd
 
-        return pd.DataFrame([dict(layer=l, start=w[0], end=w[1], n_positions=len(ps), score=float(self.patched[a, b]),
-                                  recovery=float(self.recovery[a, b]))
+        return pd.DataFrame([dict(layer=l, span=self.span_name(b), start=w[0], end=w[1], n_positions=len(ps),
+                                  score=float(self.patched[a, b]), recovery=float(self.recovery[a, b]))
                              for a, l in enumerate(self.layers)
                              for b, (w, ps) in enumerate(zip(self.windows, self.window_positions))])
 
     def summary(self) -> str:
         rec = self.recovery.numpy()
+        clip, n = rec[:, : self.clip_windows], self.clip_windows
         lines = self.header()
-        if np.isfinite(rec).any():
-            a, b = divmod(int(np.nanargmax(rec)), rec.shape[1])
+        if np.isfinite(clip).any():
+            a, b = divmod(int(np.nanargmax(clip)), clip.shape[1])
             w = self.windows[b]
             lines.append(f"restoring {self.restored()} of the audio positions in {self.settings['window_seconds']:g} s "
                          f"windows: best cell layer {self.layers[a]}, {w[0]:.2f}–{w[1]:.2f} s "
-                         f"({len(self.window_positions[b])} positions), RR {rec[a, b]:.2f}")
-            starts = [f"{w[0]:.2f} s" for w in self.windows]
-            lines.append("by window (max over layers): " + describe_curve(np.nanmax(rec, 0), starts, axis="window"))
+                         f"({len(self.window_positions[b])} positions), RR {_num(clip[a, b])}")
+            starts = [f"{w[0]:.2f} s" for w in self.windows[:n]]
+            lines.append("by window (max over layers): " + describe_curve(np.nanmax(clip, 0), starts, axis="window"))
+        if self.padding:
+            best = describe_curve(rec[:, -1], self.layers)
+            lines.append(f"{PADDING} ({len(self.window_positions[-1])} audio positions from "
+                         f"{self.windows[-1][0]:.2f} s, the family's padding; no window holds them): {best}")
         return "\n".join(lines)
 
     def numbers(self) -> dict:
         rec = self.recovery.numpy()
-        out = dict(super().numbers(), windows=self.windows, recovery=np.where(np.isfinite(rec), rec, None).tolist())
-        if np.isfinite(rec).any():
-            a, b = divmod(int(np.nanargmax(rec)), rec.shape[1])
-            out["best"] = dict(layer=self.layers[a], window=self.windows[b], recovery=float(rec[a, b]))
+        clip = rec[:, : self.clip_windows]
+        out = dict(super().numbers(), windows=self.windows[: self.clip_windows],
+                   recovery=np.where(np.isfinite(clip), clip, None).tolist())
+        if np.isfinite(clip).any():
+            a, b = divmod(int(np.nanargmax(clip)), clip.shape[1])
+            out["best"] = dict(layer=self.layers[a], window=self.windows[b], recovery=float(clip[a, b]))
+        if self.padding:
+            pad = rec[:, -1]
+            out["padding_after_clip"] = dict(start=self.windows[-1][0], end=self.windows[-1][1],
+                                             n_positions=len(self.window_positions[-1]),
+                                             recovery=np.where(np.isfinite(pad), pad, None).tolist())
         return out
 
     def plot(self, ax=None, title: Optional[str] = None, value: str = "recovery"):
@@ -100,6 +136,10 @@ class TimeTrace(TraceResult):
 
         return plot_time_heatmap(self, value=value, title=title or self.title(
             f"restoring {self.restored()} in {self.settings['window_seconds']:g} s audio windows"))
+
+
+def _num(x: float) -> str:
+    return f"{x:.2f}".replace("-0.00", "0.00")
 
 
 @dataclass
@@ -160,6 +200,8 @@ def audio_time_trace(model, clean, corruption="silence", *, answer, metric=None,
     spec = TraceSpec(model, mode="layers", states=states, layers=layers, window=window, corruption=corruption,
                      metric=metric, engine=engine, min_effect=min_effect)
     windows = time_windows(clean, window_seconds)
+    duration = len(clean.waveform) / clean.sampling_rate
+    padding = bool(windows) and windows[-1][0] >= duration  # the remainder past the clip's end
     L = model.cfg.n_layers
     cells = lambda groups: [Cell(window_layers(l, spec.window, L), tuple(ps)) for l in spec.layers  # noqa: E731
                             for _, _, ps in windows]
@@ -168,7 +210,8 @@ def audio_time_trace(model, clean, corruption="silence", *, answer, metric=None,
     fields = result_fields(model, spec, clean, job, info, base, engine_used)
     fields["settings"]["window_seconds"] = window_seconds
     result = TimeTrace(patched=patched.view(len(spec.layers), len(windows)), positions=info["positions"],
-                       token_labels=[f"{a:.2f}-{b:.2f} s" for a, b, _ in windows],
+                       token_labels=[f"{a:.2f}-{b:.2f} s" for a, b, _ in windows[: len(windows) - padding]]
+                       + ([PADDING] if padding else []), padding=padding,
                        windows=[[a, b] for a, b, _ in windows], window_positions=[ps for _, _, ps in windows],
                        spectrogram=spectrogram(clean.waveform, clean.sampling_rate), **fields)
     warn_if_ill_posed(result.checks, f"the audio-time trace of {result.answer!r}")
