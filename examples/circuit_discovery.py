@@ -32,7 +32,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="demo-letters", choices=["demo-letters", "demo"])
     p.add_argument("--n", type=int, default=6, help="held-out items")
-    p.add_argument("--out", default="lalm-lens-out/circuit_discovery", help="output folder")
+    p.add_argument("--out", default="lalm_lens_out/circuit_discovery", help="output folder")
     args = p.parse_args()
     out = Path(args.out) / args.model
     task = "letters" if args.model == "demo-letters" else "attributes"
