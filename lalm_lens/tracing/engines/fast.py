@@ -14,9 +14,12 @@ fires as in a plain forward); the suffixes call the model's own pieces
 (`run_blocks`, `readout`, its rotary tables). Where the user has hooks on the
 blocks a suffix re-runs, the engine cannot honour them (they would see partial
 sequences) and says so: the trace falls back to the reference engine.
-Two exact savings: a cell whose leading patches restore a state the
-corruption never changed starts later (or is the corrupted run itself), and
-the last block runs at the answer position only (`answer_layer.py`).
+Three exact savings: a cell whose leading patches restore a state the
+corruption never changed starts later (or is the corrupted run itself); a cell
+restoring a state that settles its layer (`resid_post`, `resid_mid`, `mlp_out`,
+`attn_out`) starts at the next block, or at the last layer only reads out the
+answer position (`join.py`); and the last block runs at the answer position
+only (`answer_layer.py`).
 """
 
 from __future__ import annotations
