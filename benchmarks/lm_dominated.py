@@ -138,11 +138,11 @@ def main(device: str) -> None:
              f"audio encoder: {100 * share:.1f} % of a full forward (CPU time) [target <= 5 %]",
              f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores",
              f"{'states':11s} {'call':5s} {'fast s':>8s} {'ref s':>8s} {'ratio':>7s} {'fast cpu':>9s} {'ref cpu':>8s} "
-             f"{'ratio':>7s} {'bound':>6s} {'cpu ratio/bound':>15s}"]
+             f"{'ratio':>7s} {'bound':>6s} {'cpu ratio/bound':>15s}   (s: wall seconds, cpu: the process's CPU seconds)"]
     print("\n".join(lines), flush=True)
-    procs = {(states, k): subprocess.Popen([sys.executable, __file__, "--worker", states, device], stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = {(states, k): subprocess.Popen([sys.executable, __file__, "--worker", states, device], text=True,
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
              for states in STATES for k in range(N_PROCESSES)}  # all at once: a larger share of a busy machine
     outputs = {key: proc.communicate() for key, proc in procs.items()}
     for states in STATES:
@@ -153,7 +153,10 @@ def main(device: str) -> None:
                 raise RuntimeError(stderr[-3000:])
             results.append(json.loads(stdout.strip().splitlines()[-1]))
         b, _ = bound(model, states, text, share)
-        med = lambda key: statistics.median(x for r in results for x in (r[key] if isinstance(r[key], list) else [r[key]]))  # noqa: E731
+
+        def med(key):
+            return statistics.median(x for r in results for x in (r[key] if isinstance(r[key], list) else [r[key]]))
+
         for call in ("cold", "warm"):
             fw, rw, fc, rc = med(f"{call}_wall"), med("ref_wall"), med(f"{call}_cpu"), med("ref_cpu")
             line = (f"{states:11s} {call:5s} {fw:8.2f} {rw:8.2f} {rw / fw:6.1f}x {fc:9.2f} {rc:8.2f} {rc / fc:6.1f}x "

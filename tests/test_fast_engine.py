@@ -153,7 +153,8 @@ def test_settling_states_start_after_their_layer(family, states, monkeypatch):
     monkeypatch.setattr(fe, "run_suffixes", lambda m, j, r, grps: suffixes.extend(grps) or run_suffixes(m, j, r, grps))
     monkeypatch.setattr(fe, "run_readouts", lambda m, j, r, grps: readouts.extend(grps) or run_readouts(m, j, r, grps))
     positions = positions_for(item)
-    kw = dict(answer=item.meta["answer"], states=states, positions=positions, corruption=GaussianNoise(n_samples=2, seed=3))
+    kw = dict(answer=item.meta["answer"], states=states, positions=positions,
+              corruption=GaussianNoise(n_samples=2, seed=3))
     fast = causal_trace(model, item, **kw)
     ref = causal_trace(model, item, engine="reference", **kw)
     L, final = model.cfg.n_layers, len(item.str_tokens[0]) - 1
