@@ -138,7 +138,7 @@ def main(device: str) -> None:
              f"audio encoder: {100 * share:.1f} % of a full forward (CPU time) [target <= 5 %]",
              f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores",
              f"{'states':11s} {'call':5s} {'fast s':>8s} {'ref s':>8s} {'ratio':>7s} {'fast cpu':>9s} {'ref cpu':>8s} "
-             f"{'ratio':>7s} {'bound':>6s} {'cpu ratio/bound':>15s}   (s: wall seconds, cpu: the process's CPU seconds)"]
+             f"{'ratio':>7s} {'bound':>6s} {'cpu ratio/bound':>15s}  (s: wall, cpu: process CPU seconds)"]
     print("\n".join(lines), flush=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = {(states, k): subprocess.Popen([sys.executable, __file__, "--worker", states, device], text=True,
