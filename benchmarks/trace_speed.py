@@ -15,7 +15,13 @@ vocabulary case (vocab 1000: full logits are cheap, so the baseline is not
 inflated) compares the token-wise sweep with one forward per cell: target >= 25x.
 A last case shows layers mode on a 32-layer LM (the speed-up grows with depth).
 
-    python benchmarks/trace_speed.py [--device cuda]
+The LM-dominated case (`--only "LM-dominated"`, `lm_dominated.py`): the same LM
+with vocabulary 1000 behind a small audio encoder (its forward <= 5 % of a full
+forward, measured and printed), the token-wise sweep over all 40 text positions
+against one hooked forward per cell, cold (the first trace in a fresh process)
+and warm, for `resid_post` and `resid_pre`, with the ratio to the exact bound.
+
+    python benchmarks/trace_speed.py [--device cuda] [--only CASE]
 """
 
 from __future__ import annotations
@@ -44,14 +50,16 @@ from lalm_lens.tracing import Given, causal_trace  # noqa: E402
 VOCAB, D, LAYERS = 4096, 256, 8  # LAYERS: the required cases' LM depth; the audio token is the last id
 
 
-def build_model(device: str, n_layers: int = LAYERS, vocab: int = VOCAB) -> HookedLALM:
-    enc = EncoderConfig(d_model=D, d_head=64, n_heads=4, n_layers=4, n_ctx=1500, d_mlp=4 * D, act_fn="gelu",
+def build_model(device: str, n_layers: int = LAYERS, vocab: int = VOCAB, enc_width: int = D,
+                enc_layers: int = 4) -> HookedLALM:
+    enc = EncoderConfig(d_model=enc_width, d_head=enc_width // 4, n_heads=4, n_layers=enc_layers, n_ctx=1500,
+                        d_mlp=4 * enc_width, act_fn="gelu",
                         normalization_type="LN", positional_embedding_type="learned", causal=False, pool=2,
                         final_norm=True, n_mels=128, n_frames=3000, kind="padded", device=device)
     lm = BlockConfig(d_model=D, d_head=64, n_heads=4, n_key_value_heads=4, n_layers=n_layers, n_ctx=4096, d_mlp=4 * D,
                      d_vocab=vocab, act_fn="silu", gated_mlp=True, normalization_type="RMS",
                      positional_embedding_type="rotary", eps=1e-6, device=device)
-    config = LALMConfig(family="qwen2_audio", lm=lm, encoder=enc, projector=ProjectorConfig("linear", D, D),
+    config = LALMConfig(family="qwen2_audio", lm=lm, encoder=enc, projector=ProjectorConfig("linear", enc_width, D),
                         audio_token_id=vocab - 1)
     return HookedLALM(config).init_weights(std=0.05, seed=0).to(device).eval()
 
@@ -173,6 +181,10 @@ def main() -> None:
              ("deeper LM, 32 layers (not a target; how layers mode scales)", 375, 32, ("layers",), VOCAB)]
     if args.only:
         cases = [c for c in cases if c[0] == args.only]
+    if not args.only or args.only == "LM-dominated":
+        from benchmarks.lm_dominated import main as lm_dominated
+
+        lm_dominated(args.device)
     for case, n_audio, n_layers, modes, vocab in cases:
         model = build_model(args.device, n_layers, vocab)
         clean, corrupted = make_inputs(n_audio, 40, args.device, vocab=vocab)

@@ -3,7 +3,6 @@
 from typing import Optional
 
 import torch
-from einops import rearrange
 from torch import Tensor
 
 
@@ -63,16 +62,18 @@ class PrefixKV:
         return bool(torch.equal(self.row_prefix, pattern))
 
     def attend(self, attn, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
+        # plain transposes/views, not einops: this runs once per layer of every suffix batch, and each new
+        # shape would cost einops a recipe (the first trace in a process paid ~30 ms of them)
         pk, pv = attn.expand_kv(self.keys[attn.layer], self.values[attn.layer])
         k, v = attn.expand_kv(k, v)
         n_prefix, prefix_len = pk.shape[:2]
         rows, n_q, heads, d_head = q.shape
-        q, k, v = (rearrange(t, "r p h d -> r h p d") for t in (q, k, v))
-        pk, pv = (rearrange(t, "n p h d -> n h p d") for t in (pk, pv))
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [rows, head, pos, d_head]
+        pk, pv = pk.transpose(1, 2), pv.transpose(1, 2)  # [n_prefix, head, prefix_len, d_head]
         regular = self._regular()
         if regular:  # rows = groups x n_prefix: one matmul per prefix, no copies
-            qg = rearrange(q, "(g n) h q d -> g n h q d", n=n_prefix)
-            s_prefix = rearrange(qg @ pk[None].transpose(-1, -2), "g n h q k -> (g n) h q k")
+            qg = q.reshape(rows // n_prefix, n_prefix, heads, n_q, d_head)
+            s_prefix = (qg @ pk[None].transpose(-1, -2)).reshape(rows, heads, n_q, prefix_len)
         else:
             pk, pv = pk[self.row_prefix], pv[self.row_prefix]
             s_prefix = q @ pk.transpose(-1, -2)
@@ -82,9 +83,9 @@ class PrefixKV:
         scores = attn.hook_attn_scores(scores)
         pattern = attn.hook_pattern(scores.softmax(-1, dtype=torch.float32).to(q.dtype))
         if regular:
-            pg = rearrange(pattern[..., :prefix_len], "(g n) h q k -> g n h q k", n=n_prefix)
-            z_prefix = rearrange(pg @ pv[None], "g n h q d -> (g n) h q d")
+            pg = pattern[..., :prefix_len].reshape(rows // n_prefix, n_prefix, heads, n_q, prefix_len)
+            z_prefix = (pg @ pv[None]).reshape(rows, heads, n_q, d_head)
         else:
             z_prefix = pattern[..., :prefix_len] @ pv
         z = z_prefix + pattern[..., prefix_len:] @ v
-        return rearrange(z, "r h q d -> r q h d")
+        return z.transpose(1, 2)  # [rows, pos, head, d_head]

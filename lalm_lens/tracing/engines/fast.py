@@ -14,9 +14,12 @@ fires as in a plain forward); the suffixes call the model's own pieces
 (`run_blocks`, `readout`, its rotary tables). Where the user has hooks on the
 blocks a suffix re-runs, the engine cannot honour them (they would see partial
 sequences) and says so: the trace falls back to the reference engine.
-Two exact savings: a cell whose leading patches restore a state the
-corruption never changed starts later (or is the corrupted run itself), and
-the last block runs at the answer position only (`answer_layer.py`).
+Three exact savings: a cell whose leading patches restore a state the
+corruption never changed starts later (or is the corrupted run itself); a cell
+restoring a state that settles its layer (`resid_post`, `resid_mid`, `mlp_out`,
+`attn_out`) starts at the next block, or at the last layer only reads out the
+answer position (`join.py`); and the last block runs at the answer position
+only (`answer_layer.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from lalm_lens.components.masks import LMContext, additive, allowed_keys
 from lalm_lens.tracing.cells import Cell
 from lalm_lens.tracing.engines.answer_layer import SAFE_STATES, answer_only
 from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, restore_index, score_of
+from lalm_lens.tracing.engines.join import block_output, joins_after, kept_names
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 PAD_SLACK = 0.75  # a suffix joins a batch if it is at least this fraction of the batch's longest
@@ -44,8 +48,9 @@ AUDIO_SIDE = ("audio_encoder.", "audio_projector.", "hook_audio_embeds")
 class ItemRuns:
     """What one item's clean and corrupted runs leave for the suffixes (batch axes dropped where single)."""
 
-    clean: dict[str, Tensor]  # the traced state of the clean run per hook name, [T, ...]
-    resid_pre: list[Tensor]  # corrupted, per layer [n_runs, T - first, d_model]
+    clean: dict[str, Tensor]  # the traced state of the clean run (and what joins need) per hook name, [T, ...]
+    resid_pre: list[Tensor]  # corrupted, per layer and after the last, [n_runs, T - first, d_model]
+    corrupted: dict[str, Tensor]  # what joins need of the corrupted run per hook name, [n_runs, T - first, ...]
     keys: list[Tensor]  # corrupted, per layer [n_runs, T, n_kv_heads, d_head]
     values: list[Tensor]
     positions: Tensor  # rotary position ids [..., T] (one or three streams)
@@ -70,6 +75,7 @@ class Group:
     heads: Optional[tuple[int, ...]]
     i0: int
     final: int  # the item's answer position
+    join: int  # the block its rows start at (`layers[0]`, or the next one: `join.py`; n_layers: read out only)
 
 
 def hooked_names(model) -> list[str]:
@@ -107,8 +113,9 @@ class FastEngine(Engine):
     def baseline(self, model, job: TraceJob) -> Baseline:
         L = model.cfg.n_layers
         states = job.state_names(L)
-        resid = [get_act_name("resid_pre", layer) for layer in range(L)]
-        logits, clean_cache = _plain_run(model, job.clean, set(states) | {"hook_audio_embeds"})
+        resid = [get_act_name("resid_pre", layer) for layer in range(L)] + [get_act_name("resid_post", L - 1)]
+        clean_extra, corr_extra = kept_names(job.states, L)
+        logits, clean_cache = _plain_run(model, job.clean, set(states) | clean_extra | {"hook_audio_embeds"})
         clean_logits = logits[:, job.final]
         corr = job.corrupted
         kv = KVCache(L)
@@ -119,7 +126,7 @@ class FastEngine(Engine):
             inputs = {k: v for k, v in inputs.items() if k not in ("input_features", "feature_attention_mask")}
             inputs["audio_embeds"] = audio.repeat(corr.n_runs, 1) + corr.noise.reshape(-1, audio.shape[-1]).to(audio.dtype)
             hooks = []
-        logits, corr_cache = _plain_run(model, inputs, set(states) | set(resid), hooks, kv)
+        logits, corr_cache = _plain_run(model, inputs, set(states) | set(resid) | corr_extra, hooks, kv)
         corr_logits = logits[:, job.final]
         first = min(min(c.positions) for c in job.cells)
         clean_ids = job.clean["input_ids"]
@@ -129,8 +136,9 @@ class FastEngine(Engine):
                                                model.device)
         mask = job.clean.get("attention_mask")
         runs = ItemRuns(
-            clean={name: clean_cache[name][0] for name in states},
+            clean={name: clean_cache[name][0] for name in set(states) | clean_extra},
             resid_pre=[corr_cache[name][:, first:] for name in resid],
+            corrupted={name: corr_cache[name][:, first:] for name in corr_extra},
             keys=kv.keys, values=kv.values,
             positions=positions.to(model.device)[..., 0, :],
             key_valid=None if mask is None else mask[0].bool().to(model.device),
@@ -148,12 +156,22 @@ class FastEngine(Engine):
     @torch.no_grad()
     def patched_many(self, model, jobs: list[TraceJob], bases: list[Baseline]) -> list[Tensor]:
         outs = [torch.full((len(j.cells),), b.corrupted_score, dtype=torch.float64) for j, b in zip(jobs, bases)]
-        groups = []
+        groups, readouts = [], []
+        L = model.cfg.n_layers
         for j, (job, base) in enumerate(zip(jobs, bases)):
+            after = joins_after(job.states)
             for c, cell in enumerate(job.cells):
                 layers = effective_layers(cell.layers, cell.positions, base.state)
-                if layers:  # else the cell is the corrupted run itself
-                    groups.append(Group(j, c, layers, cell.positions, cell.heads, min(cell.positions), job.final))
+                if not layers:  # the cell is the corrupted run itself
+                    continue
+                g = Group(j, c, layers, cell.positions, cell.heads, min(cell.positions), job.final, layers[0] + after)
+                if g.join < L:
+                    groups.append(g)
+                elif job.final in g.positions:  # after the last block only the answer position is read
+                    readouts.append(g)
+        if readouts:  # (a patch after the last block elsewhere leaves the corrupted run)
+            for g, value in zip(readouts, run_readouts(model, jobs, [b.state for b in bases], readouts)):
+                outs[g.item][g.cell] = value
         # longest suffixes first; a batch holds suffixes within `PAD_SLACK` of its longest (little padding)
         # and stays under the budget of rows x positions
         width = lambda g: bases[g.item].state.length - g.i0  # noqa: E731
@@ -187,6 +205,34 @@ def effective_layers(layers: tuple[int, ...], positions: tuple[int, ...], runs: 
     return tuple(layers)
 
 
+def joined_resid(model, states: str, item: ItemRuns, g: Group) -> Tensor:
+    """`[n_runs, T - i0, d_model]`: the residual entering block `g.join` for the group's rows."""
+    x = item.resid_pre[g.join][:, g.i0 - item.first:]
+    if g.join == g.layers[0]:  # the patch is inside this block (its hooks restore it)
+        return x
+    pos = torch.tensor(g.positions, device=x.device)
+    x = x.clone()
+    x[:, pos - g.i0] = block_output(model, states, item.clean, item.corrupted, item.first, g.layers[0], pos,
+                                    item.n_runs).to(x.dtype)
+    return x
+
+
+def run_readouts(model, jobs: list[TraceJob], runs: list[ItemRuns], groups: list[Group]) -> list[float]:
+    """The metric of cells whose first patch settles the last block: `readout` of the answer position."""
+    finals = []
+    for g in groups:
+        item = runs[g.item]
+        at = torch.tensor([g.final], device=item.resid_pre[0].device)
+        finals.append(block_output(model, jobs[g.item].states, item.clean, item.corrupted, item.first,
+                                   g.layers[0], at, item.n_runs)[:, 0])
+    logits = model.readout(torch.cat(finals)[:, None])[:, 0]
+    out, row = [], 0
+    for g, final in zip(groups, finals):
+        out.append(jobs[g.item].score(logits[row : row + len(final)]).double().mean().item())
+        row += len(final)
+    return out
+
+
 def _pad_to(t: Tensor, n: int, dim: int) -> Tensor:
     """Right-pad `t` with zeros along `dim` to length `n`."""
     if t.shape[dim] == n:
@@ -200,13 +246,13 @@ class SuffixBatch:
     """The rows of one batch of cells: who they are, and their masks, rotary tables and prefixes."""
 
     def __init__(self, model, jobs, runs: list[ItemRuns], groups: list[Group]):
-        self.groups = sorted(groups, key=lambda g: g.layers[0])  # rows join in this order
+        self.groups = sorted(groups, key=lambda g: g.join)  # rows join in this order
         dev = model.device
         self.width = max(runs[g.item].length - g.i0 for g in groups)
         self.prefix_len = max(g.i0 for g in groups)
         row_groups = [g for g in self.groups for _ in range(runs[g.item].n_runs)]
         self.run_of = torch.tensor([s for g in self.groups for s in range(runs[g.item].n_runs)], device=dev)
-        self.starts = [g.layers[0] for g in row_groups]
+        self.starts = [g.join for g in row_groups]
         self.answer_at = torch.tensor([g.final - g.i0 for g in row_groups], device=dev)
         # a row reads the corrupted cache of its (item, run) up to `prefix_len`; the mask hides slots >= its i0
         prefixes = list(dict.fromkeys((g.item, s) for g in self.groups for s in range(runs[g.item].n_runs)))
@@ -303,12 +349,11 @@ def run_suffixes(model, jobs: list[TraceJob], runs: list[ItemRuns], groups: list
     n_rows = 0
     start = batch.starts[0]
     for layer in range(start, L):
-        joining = [g for g in batch.groups if g.layers[0] == layer]
-        for g in joining:
-            item = runs[g.item]
-            new = _pad_to(item.resid_pre[layer][:, g.i0 - item.first:], batch.width, 1)
-            x = new if x is None else torch.cat([x, new])
-            n_rows += item.n_runs
+        joining = [g for g in batch.groups if g.join == layer]
+        if joining:
+            new = [_pad_to(joined_resid(model, states, runs[g.item], g), batch.width, 1) for g in joining]
+            x = torch.cat(new if x is None else [x, *new])  # a new tensor: the restores write into it
+            n_rows += sum(runs[g.item].n_runs for g in joining)
         name = get_act_name(states, layer)
         last = shortcut and layer == L - 1
         ctx = LMContext(batch.mask[:n_rows], tuple(t[:n_rows] for t in batch.rope))
