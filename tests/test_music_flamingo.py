@@ -239,3 +239,28 @@ def test_corruptions_of_a_clip_longer_than_one_window(ours):
             assert ref.p_clean != ref.p_corrupted
         else:
             assert not torch.equal(run.inputs["input_features"], item["input_features"]), name
+
+
+def test_rotary_time_at_the_released_size_over_1200_s():
+    """The released config's rotary time (256 + 256 of 1280 channels, 1200 cached positions) against the
+    original's `MusicFlamingoRotaryEmbedding` for all 40 windows of a 20-minute clip: angles reach ~1e4 rad."""
+    from transformers import MusicFlamingoConfig
+    from transformers.models.musicflamingo.modeling_musicflamingo import (MusicFlamingoRotaryEmbedding,
+                                                                         apply_rotary_time_emb)
+
+    from lalm_lens.components.rotary_time import RotaryTimeEmbedding
+    from tests import real_configs as rc
+    from weight_conversion.music_flamingo import convert_config
+
+    hf_config = MusicFlamingoConfig(**rc.MUSIC_FLAMINGO)
+    e = convert_config(hf_config).projector.extra
+    mine = RotaryTimeEmbedding(1280, e["rope_theta"], e["rot_fraction"], e["n_cached"], e["step"], e["window_tokens"])
+    theirs = MusicFlamingoRotaryEmbedding(hf_config)
+    windows = torch.arange(40)
+    time = mine.times(windows, 750)
+    cos, sin = theirs(time, seq_len=750)
+    angles = mine.angles(time)
+    assert angles.shape == cos.shape == (40, 750, 512) and angles.abs().max() > 1e4
+    assert torch.equal(angles.cos(), cos) and torch.equal(angles.sin(), sin)
+    x = torch.randn(40, 750, 1280)
+    assert torch.equal(mine(x, windows), apply_rotary_time_emb(x, cos, sin))

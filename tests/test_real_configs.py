@@ -102,6 +102,8 @@ CASES = {
     "audio-flamingo-3-hf": lambda: hf_case("AudioFlamingo3Config", "AudioFlamingo3ForConditionalGeneration",
                                            rc.AUDIO_FLAMINGO_3),
     "Qwen2.5-Omni-7B": omni_case,
+    "music-flamingo-2601-hf": lambda: hf_case("MusicFlamingoConfig", "MusicFlamingoForConditionalGeneration",
+                                              rc.MUSIC_FLAMINGO),
 }
 
 
