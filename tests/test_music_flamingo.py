@@ -264,3 +264,18 @@ def test_rotary_time_at_the_released_size_over_1200_s():
     assert torch.equal(angles.cos(), cos) and torch.equal(angles.sin(), sin)
     x = torch.randn(40, 750, 1280)
     assert torch.equal(mine(x, windows), apply_rotary_time_emb(x, cos, sin))
+
+
+def test_lm_mask_rule_builds_no_int64_table():
+    """`allowed_keys` (causal, sliding window) equals the difference rule, as one bool table."""
+    from lalm_lens.components.masks import allowed_keys
+
+    for start in (0, 5):
+        q, k = torch.arange(start, start + 9), torch.cat([torch.arange(3), torch.arange(start, start + 9)])
+        delta = q[:, None] - k[None, :]
+        for window in (None, 1, 4):
+            got = allowed_keys(q, k, causal=True, sliding_window=window)
+            assert got.dtype == torch.bool
+            assert torch.equal(got, (delta >= 0) & (delta < (window or 10**9)))
+        assert torch.equal(allowed_keys(q, k, causal=False, sliding_window=4), delta.abs().lt(10**9) & (delta < 4))
+    assert allowed_keys(q, k, causal=False) is None
