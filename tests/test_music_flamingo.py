@@ -279,3 +279,11 @@ def test_lm_mask_rule_builds_no_int64_table():
             assert torch.equal(got, (delta >= 0) & (delta < (window or 10**9)))
         assert torch.equal(allowed_keys(q, k, causal=False, sliding_window=4), delta.abs().lt(10**9) & (delta < 4))
     assert allowed_keys(q, k, causal=False) is None
+
+
+def test_verify(folder):
+    import lalm_lens
+
+    report = lalm_lens.verify(str(folder), device="cpu")
+    assert report.passed and report.audio_embeds_diff <= TOL and len(report.encoder_layers) == 2
+    assert max(report.encoder_layers + report.lm_layers) <= TOL
