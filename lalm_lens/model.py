@@ -27,8 +27,8 @@ from lalm_lens.components.embed import Embed
 from lalm_lens.components.kv_cache import KVCache
 from lalm_lens.components.masks import LMContext, attention_bias
 from lalm_lens.components.multimodal_rotary import make_rotary
-from lalm_lens.components.projectors import (IdentityProjector, LinearProjector, MLPProjector, StackProjector,
-                                            TaggedProjector)
+from lalm_lens.components.projectors import (IdentityProjector, LinearProjector, MLPProjector, RotaryTimeProjector,
+                                            StackProjector, TaggedProjector)
 from lalm_lens.components.qformer import QFormerProjector
 from lalm_lens.components.rotary import Rotary
 from lalm_lens.components.unembed import TiedUnembed, Unembed
@@ -36,7 +36,7 @@ from lalm_lens.config import LALMConfig
 from lalm_lens.inputs.prepared import PreparedInput
 
 PROJECTORS = {"linear": LinearProjector, "stack": StackProjector, "mlp": MLPProjector, "qformer": QFormerProjector,
-              "tagged": TaggedProjector, "identity": IdentityProjector}
+              "tagged": TaggedProjector, "identity": IdentityProjector, "rotary_time_mlp": RotaryTimeProjector}
 MODEL_INPUTS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask", "position_ids", "audio_embeds")
 INPUT_ALIASES = {"input_features_mask": "feature_attention_mask"}  # Audio Flamingo 3's processor
 IGNORED_INPUTS = ("num_audio_tokens", "token_type_ids")
@@ -203,12 +203,15 @@ class HookedLALM(HookedRootModule):
 
     # ------------------------------------------------------------------ audio
     def encode_audio(
-        self, input_features: Float[Tensor, "clips n_mels frames"], feature_attention_mask: Optional[Tensor] = None
+        self, input_features: Float[Tensor, "clips n_mels frames"], feature_attention_mask: Optional[Tensor] = None,
+        input_ids: Optional[Tensor] = None,
     ) -> Float[Tensor, "n_audio_tokens d_model"]:
-        """Audio vectors for every clip, concatenated in order (`hook_audio_embeds`)."""
+        """Audio vectors for every clip, concatenated in order (`hook_audio_embeds`); `input_ids` tell
+        which clip each window belongs to (Music Flamingo's rotary time needs them)."""
         frame_mask = feature_attention_mask.bool() if feature_attention_mask is not None else None
         taps = getattr(self.audio_projector, "taps", ())
         enc = self.audio_encoder(input_features.to(self.device), frame_mask, keep_layers=taps)
+        enc.input_ids = input_ids
         embeds, lengths = self.audio_projector(enc)
         keep = torch.arange(embeds.shape[1], device=embeds.device)[None, :] < lengths[:, None].to(embeds.device)
         return self.hook_audio_embeds(embeds[keep])
@@ -248,7 +251,7 @@ class HookedLALM(HookedRootModule):
         if audio_embeds is not None:
             audio = self.hook_audio_embeds(audio_embeds.to(self.device))
         else:
-            audio = self.encode_audio(input_features, feature_attention_mask)
+            audio = self.encode_audio(input_features, feature_attention_mask, input_ids)
         if n_slots != audio.shape[0]:
             hint = ""
             if input_features is not None and n_slots == input_features.shape[0]:

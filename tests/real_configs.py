@@ -38,6 +38,13 @@ AUDIO_FLAMINGO_3 = dict(
                      rope_theta=1000000.0, max_position_embeddings=32768),
 )
 
+# nvidia/music-flamingo-2601-hf: Audio Flamingo 3's encoder and Qwen2.5-7B LM (the shapes above), plus the rotary
+# time fields at MusicFlamingoConfig's defaults (rope_theta 1200, partial_rotary_factor 0.2, audio_frame_step 0.01,
+# sound bos/eos 151670/151671). The earlier nvidia/music-flamingo-hf says model_type "audioflamingo3" (AF3's family).
+MUSIC_FLAMINGO = dict(AUDIO_FLAMINGO_3, model_type="musicflamingo", audio_bos_token_id=151670,
+                      audio_eos_token_id=151671, audio_frame_step=0.01,
+                      rope_parameters=dict(rope_type="default", rope_theta=1200.0, partial_rotary_factor=0.2))
+
 QWEN2_5_OMNI_7B = dict(  # the full model: thinker + talker + token2wav (only the thinker is read)
     model_type="qwen2_5_omni",
     thinker_config=dict(

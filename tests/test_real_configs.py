@@ -144,6 +144,8 @@ CASES = {
     "Qwen3-Omni-30B-A3B-Instruct": qwen3_omni_case,  # the fused in-memory layout is tested on a tiny model
     "Voxtral-Mini-4B-Realtime-2602": lambda: hf_case("VoxtralRealtimeConfig", "VoxtralRealtimeForConditionalGeneration",
                                                      rc.VOXTRAL_MINI_4B_REALTIME),
+    "music-flamingo-2601-hf": lambda: hf_case("MusicFlamingoConfig", "MusicFlamingoForConditionalGeneration",
+                                              rc.MUSIC_FLAMINGO),
 }
 
 

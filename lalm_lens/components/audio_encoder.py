@@ -46,6 +46,7 @@ class EncoderOutput:
     hidden: Float[Tensor, "batch pos d_model"]  # after pooling and final norm
     lengths: Int[Tensor, "batch"]  # valid positions of `hidden` per clip
     layers: dict[int, Tensor] = field(default_factory=dict)  # block outputs kept on request
+    input_ids: Optional[Tensor] = None  # the prompt's ids, for projectors that place windows in their clip
 
 
 @dataclass

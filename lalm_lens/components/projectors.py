@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from lalm_lens.components.audio_encoder import EncoderOutput
+from lalm_lens.components.rotary_time import RotaryTimeEmbedding, window_index
 from lalm_lens.config import ProjectorConfig
 
 
@@ -49,9 +50,30 @@ class MLPProjector(nn.Module):
         return x, lengths
 
     def forward(self, enc: EncoderOutput) -> tuple[Float[Tensor, "batch pos d_out"], Tensor]:
-        x, lengths = self.arrange(self.hook_in(enc.hidden), enc.lengths)
+        return self.mlp(*self.arrange(self.hook_in(enc.hidden), enc.lengths))
+
+    def mlp(self, x: Tensor, lengths: Tensor) -> tuple[Float[Tensor, "batch pos d_out"], Tensor]:
         x = self.hook_hidden(F.gelu(F.linear(x, self.W_in.T, self.b_in)))
         return self.hook_out(F.linear(x, self.W_out.T, self.b_out)), lengths
+
+
+class RotaryTimeProjector(MLPProjector):
+    """Music Flamingo: the rotary time embedding (`rotary_time.*`) on the encoder output, then the MLP.
+    Which clip each 30 s window belongs to comes from the audio tokens of `input_ids` (`enc.input_ids`)."""
+
+    def __init__(self, cfg: ProjectorConfig, dtype: torch.dtype = torch.float32):
+        super().__init__(cfg, dtype)
+        e = cfg.extra
+        self.audio_token_id = e["audio_token_id"]
+        self.rotary_time = RotaryTimeEmbedding(cfg.d_in, e["rope_theta"], e["rot_fraction"], e["n_cached"], e["step"],
+                                               e["window_tokens"])
+
+    def forward(self, enc: EncoderOutput) -> tuple[Float[Tensor, "batch pos d_out"], Tensor]:
+        if enc.input_ids is None:
+            raise ValueError("Music Flamingo places each audio window in time by its clip: pass input_ids "
+                             "(model.encode_audio(features, mask, input_ids=...))")
+        windows = window_index(enc.input_ids, self.audio_token_id, enc.lengths)
+        return self.mlp(self.rotary_time(self.hook_in(enc.hidden), windows), enc.lengths)
 
 
 class StackProjector(MLPProjector):

@@ -71,10 +71,14 @@ class HFProcessorPrompts(PromptBuilder):
         times = self.token_times(len(wave)) if wave is not None else None
         return Row(ids, text, spans, features, times)
 
+    def expand_audio(self, n_audio: int) -> str:
+        """The text the processor puts in place of the audio placeholder (Music Flamingo adds tags)."""
+        return self.audio_token * n_audio
+
     def spans(self, text: str, ids: list[int], prompt: str, options, answer_prefix) -> dict:
         """Token ranges of the named pieces, located through the tokenizer's offsets."""
         n_audio = sum(i == self.config.audio_token_id for i in ids)
-        expanded = text.replace(self.audio_token, self.audio_token * n_audio, 1) if n_audio else text
+        expanded = text.replace(self.audio_token, self.expand_audio(n_audio), 1) if n_audio else text
         enc = self.tokenizer(expanded, return_offsets_mapping=True, add_special_tokens=False)
         if enc["input_ids"] != ids:
             warnings.warn("could not align the tokenizer's offsets with the processor's token ids; no token spans "

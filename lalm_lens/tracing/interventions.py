@@ -112,7 +112,8 @@ class GaussianNoise(Corruption):
             with torch.no_grad():
                 audio = model.encode_audio(clean["input_features"].to(model.device),
                                            None if clean.get("feature_attention_mask") is None
-                                           else clean["feature_attention_mask"].to(model.device))
+                                           else clean["feature_attention_mask"].to(model.device),
+                                           clean["input_ids"].to(model.device))  # which clip each window is
         if audio is None or audio.numel() == 0:
             raise ValueError("GaussianNoise needs audio in the clean input")
         sigma = audio.float().std().item()
