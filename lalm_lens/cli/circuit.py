@@ -15,7 +15,7 @@ def add_parser(sub, formatter) -> None:
     add_model_args(c, default_model="demo-letters")
     c.add_argument("--items", help="JSONL of items (default for the demo models: N synthesized held-out items)")
     c.add_argument("-n", type=int, default=6, help="items used (the first N)")
-    c.add_argument("--method", default="eap-ig-inputs", choices=METHODS, help="edge scores: EAP, EAP-IG or exact")
+    c.add_argument("--method", default="eap-ig-inputs", choices=METHODS, help="edge scores: EAP, EAP-IG or exact (default: eap-ig-inputs)")
     c.add_argument("--steps", type=int, default=5, help="EAP-IG: interpolation steps")
     c.add_argument("--fraction", type=float, default=0.1, help="edges kept in the circuit (top |score|, pruned)")
     c.add_argument("--foil", nargs="+", help="metric logit(answer) − mean logit(foils other than the answer) "
@@ -27,7 +27,7 @@ def add_parser(sub, formatter) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of the noise")
     c.add_argument("--compare-exact", action="store_true",
                    help="also run exact edge patching and report Spearman / top-1%% overlap with it")
-    c.add_argument("--out", default="lalm-lens-out/circuit", help="output folder")
+    c.add_argument("--out", default="lalm-lens-out/circuit", help="output folder (default: lalm-lens-out/circuit)")
     c.add_argument("--no-html", action="store_true", help="do not write the interactive page (edge_scores.html)")
     c.set_defaults(func=cmd_circuit)
 
