@@ -34,7 +34,8 @@ def test_get_act_name_names_our_hooks(qwen2_audio):
 def test_cache_is_activation_cache_with_all_hooks(qwen2_audio, run):
     _, _, cache = run
     assert isinstance(cache, ActivationCache)
-    expected = {name for name in qwen2_audio.hook_dict if not name.endswith("hook_result")}  # result: opt-in
+    opt_in = ("hook_result", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in", "hook_expert_out")
+    expected = {name for name in qwen2_audio.hook_dict if not name.endswith(opt_in)}  # TransformerLens's switches
     assert expected <= set(cache.keys())
     assert cache["pattern", 0].shape[-1] == cache["pattern", 0].shape[-2]
 
