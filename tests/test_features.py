@@ -140,3 +140,107 @@ def test_sparsify_format_round_trip(tmp_path, transcode):
     assert again.cfg.k == 4 and torch.equal(again.W_enc, sae.W_enc) and torch.equal(again.W_dec, sae.W_dec)
     with pytest.raises(ValueError, match="TopK"):
         save_sparsify(SAE(SAEConfig(D, F)), tmp_path / "relu")
+
+
+# ---------------------------------------------------------------------- splicing into the model
+from lalm_lens.tracing import causal_trace  # noqa: E402
+from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def item(qwen2_audio):
+    inp = qwen2_audio.prepare(clip(1.2, seed=31), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
+    with torch.no_grad():
+        inp.meta["answer"] = int(qwen2_audio(inp)[0, -1].argmax())
+    return inp
+
+
+def _sae_at(model, hook, activation="topk", seed=7, **kw):
+    d = model.run_with_cache(kw.pop("inp"), names_filter=hook)[1][hook].shape[-1]
+    k = 5 if activation == "topk" else None
+    return SAE.random(SAEConfig(d, 4 * d, activation=activation, k=k, hook_name=hook, **kw), seed=seed, std=0.2)
+
+
+HOOKS = ["blocks.1.hook_resid_post", "audio_encoder.blocks.0.hook_resid_post", "hook_audio_embeds", "blocks.0.attn.hook_z"]
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_splice_with_error_term_is_exact_and_without_replaces(qwen2_audio, item, hook):
+    model = qwen2_audio
+    sae = _sae_at(model, hook, inp=item)
+    with torch.no_grad():
+        base = model(item)
+        with model.saes([sae]):
+            logits = model(item)
+            _, cache = model.run_with_cache(item, names_filter=lambda n: "hook_sae" in n)
+            assert f"{hook}.hook_sae_acts_post" in cache and hook in model.hook_dict
+            acts = cache[f"{hook}.hook_sae_acts_post"]
+            assert int((acts != 0).sum(-1).max()) <= 5
+        assert f"{hook}.hook_sae_acts_post" not in model.hook_dict  # removed after the block
+        err = (logits - base).abs().max().item()
+        assert err <= 1e-6, err
+        model.add_sae(sae, use_error_term=False)
+        try:
+            replaced = model(item)
+            x = model.run_with_cache(item, names_filter=f"{hook}.hook_sae_input")[1][f"{hook}.hook_sae_input"]
+            manual = model.run_with_hooks(item, fwd_hooks=[(f"{hook}.hook_sae_output",
+                                                            lambda out, hook: out)])
+        finally:
+            model.reset_saes()
+            sae.use_error_term = True
+        assert (replaced - base).abs().max() > 1e-3  # the reconstruction really replaced the activation
+        torch.testing.assert_close(manual, replaced, atol=0, rtol=0)
+        with model.hooks(fwd_hooks=[(hook, lambda a, hook: sae.decode(sae.encode(a)).to(a.dtype))]):
+            by_hand = model(item)  # the reconstruction written as a plain hook
+        assert (by_hand - replaced).abs().max() <= 1e-5
+        assert x.shape[-1] == sae.cfg.d_in
+
+
+def test_transcoder_splice(qwen2_audio, item):
+    model = qwen2_audio
+    d = model.cfg.d_model
+    tc = SAE.random(SAEConfig(d, 3 * d, activation="relu", apply_b_dec_to_input=False, hook_name="blocks.0.ln2.hook_normalized",
+                              hook_name_out="blocks.0.hook_mlp_out"), seed=8, std=0.2)
+    with torch.no_grad():
+        base = model(item)
+        _, cache = model.run_with_cache(item, names_filter="blocks.0.ln2.hook_normalized")
+        with model.saes([tc]):
+            same = model(item)
+        assert (same - base).abs().max() <= 1e-6
+        with model.saes([tc], use_error_term=False):
+            _, spliced = model.run_with_cache(item, names_filter=lambda n: n.startswith("blocks.0.hook_mlp_out"))
+        want = tc.decode(tc.encode(cache["blocks.0.ln2.hook_normalized"]))
+        torch.testing.assert_close(spliced["blocks.0.hook_mlp_out"], want, atol=1e-5, rtol=0)
+        assert "blocks.0.hook_mlp_out.hook_sae_acts_post" in spliced
+    tc.use_error_term = True
+
+
+def test_splice_refuses_bad_input(qwen2_audio):
+    sae = SAE.random(SAEConfig(qwen2_audio.cfg.d_model, 8))
+    with pytest.raises(ValueError, match="hook_name="):
+        qwen2_audio.add_sae(sae)
+    with pytest.raises(ValueError, match="no hook point 'blocks.9.hook_resid_post'"):
+        qwen2_audio.add_sae(sae, "blocks.9.hook_resid_post")
+    with pytest.raises(ValueError, match="reset_saes"):
+        with qwen2_audio.saes():
+            qwen2_audio.add_sae(sae, "blocks.0.hook_resid_post")
+            qwen2_audio.add_sae(sae, "blocks.0.hook_resid_post")
+    qwen2_audio.reset_saes()
+    assert not any("hook_sae" in n for n in qwen2_audio.hook_dict)
+
+
+@pytest.mark.parametrize("hook,states", [("blocks.0.hook_resid_post", "resid_post"), ("blocks.1.hook_mlp_out", "resid_pre"),
+                                         ("audio_encoder.blocks.1.hook_resid_post", "resid_post")])
+def test_trace_with_sae_fast_equals_reference(qwen2_audio, item, hook, states, recwarn):
+    model = qwen2_audio
+    sae = _sae_at(model, hook, inp=item, activation="jumprelu", seed=9)
+    kw = dict(answer=item.meta["answer"], states=states, mode="layers")
+    with model.saes([sae], use_error_term=False):
+        ref = causal_trace(model, item, engine="reference", **kw)
+        fast = causal_trace(model, item, engine="fast", **kw)
+    plain = causal_trace(model, item, engine="reference", **kw)
+    assert not [w for w in recwarn if "fall" in str(w.message)]  # the fast engine honoured the splice itself
+    assert abs(ref.p_corrupted - fast.p_corrupted) <= 1e-5
+    assert (ref.p_patched - fast.p_patched).abs().max().item() <= 1e-5
+    assert (ref.p_patched - plain.p_patched).abs().max().item() > 1e-6  # the SAE changed what was traced
+    sae.use_error_term = True

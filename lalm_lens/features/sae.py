@@ -125,7 +125,7 @@ class SAE(nn.Module):
         `target` is what the output stands in for (an autoencoder's input, a
         transcoder's true output). As in SAELens, the error is taken from a
         reconstruction without hooks, so with the error term the output equals
-        `target` (up to rounding) unless a hook edits the features, and then
+        `target` exactly unless a hook edits the features, and then
         it moves by exactly the edit's decoded change.
         """
         x = self.hook_sae_input(x)
@@ -134,5 +134,8 @@ class SAE(nn.Module):
             return self.hook_sae_output(recons.to(x.dtype))
         target = x if target is None else target
         clean = self._decode(self.activation(self.hidden_pre(x)), x)
-        error = self.hook_sae_error(target.to(clean.dtype) - clean)
-        return self.hook_sae_output((recons + error).to(target.dtype))
+        raw_error = target.to(clean.dtype) - clean
+        error = self.hook_sae_error(raw_error)
+        # = recons + error, written so that it is `target` bit for bit when no hook edits anything
+        out = target.to(clean.dtype) + (recons - clean) + (error - raw_error)
+        return self.hook_sae_output(out.to(target.dtype))
