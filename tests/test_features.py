@@ -143,7 +143,7 @@ def test_sparsify_format_round_trip(tmp_path, transcode):
 
 
 # ---------------------------------------------------------------------- splicing into the model
-from lalm_lens.tracing import causal_trace  # noqa: E402
+from lalm_lens.tracing import Silence, causal_trace  # noqa: E402
 from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip  # noqa: E402
 
 
@@ -244,3 +244,125 @@ def test_trace_with_sae_fast_equals_reference(qwen2_audio, item, hook, states, r
     assert (ref.p_patched - fast.p_patched).abs().max().item() <= 1e-5
     assert (ref.p_patched - plain.p_patched).abs().max().item() > 1e-6  # the SAE changed what was traced
     sae.use_error_term = True
+
+
+# ---------------------------------------------------------------------- steering and unit interventions
+from lalm_lens.features.interventions import (AblateHead, AddDirection, ClampFeature, ScaleNeuron,  # noqa: E402
+                                              audio_direction, head_audio_attention)
+
+
+def _direction(model, seed=11):
+    return torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_steering_by_zero_is_the_identity_and_audio_positions_are_causal(qwen2_audio, item):
+    model, hook = qwen2_audio, "blocks.0.hook_resid_post"
+    base = model(item)
+    zero = model.run_with_hooks(item, fwd_hooks=AddDirection(hook, _direction(model), 0.0).hooks(model, item))
+    assert torch.equal(zero, base)
+    steered = model.run_with_hooks(item, fwd_hooks=AddDirection(hook, _direction(model), 3.0, "audio").hooks(model, item))
+    first_audio = int(model.audio_token_mask(model.model_inputs(item)["input_ids"])[0].float().argmax())
+    assert torch.equal(steered[:, :first_audio], base[:, :first_audio])  # before the audio: untouched
+    assert (steered[:, -1] - base[:, -1]).abs().max() > 1e-2
+    at = model.run_with_hooks(item, fwd_hooks=AddDirection(hook, _direction(model), 3.0, [first_audio]).hooks(model, item))
+    by_hand = model.run_with_hooks(item, fwd_hooks=[(hook, lambda x, hook: torch.cat(
+        [x[:, :first_audio], x[:, first_audio:first_audio + 1] + 3.0 * _direction(model), x[:, first_audio + 1:]], 1))])
+    assert torch.equal(at, by_hand)
+
+
+@pytest.mark.parametrize("mode,scale", [("zero", 0.0), ("mean", 0.0), ("scale", 2.5)])
+@torch.no_grad()
+def test_ablate_head_equals_the_hand_written_hook(qwen2_audio, item, mode, scale):
+    model, layer, head = qwen2_audio, 1, 2
+
+    def by_hand(z, hook):
+        z = z.clone()
+        h = z[:, :, head]
+        z[:, :, head] = {"zero": h * 0, "mean": h.mean((0, 1), keepdim=True).expand_as(h), "scale": h * scale}[mode]
+        return z
+
+    want = model.run_with_hooks(item, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", by_hand)])
+    got = model.run_with_hooks(item, fwd_hooks=AblateHead(layer, head, mode, scale).hooks(model, item))
+    assert torch.equal(got, want)
+    assert (got - model(item)).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_scale_neuron_equals_the_hand_written_hook(qwen2_audio, item):
+    model = qwen2_audio
+
+    def by_hand(post, hook):
+        post = post.clone()
+        post[..., 3] *= 4.0
+        return post
+
+    want = model.run_with_hooks(item, fwd_hooks=[("blocks.0.mlp.hook_post", by_hand)])
+    assert torch.equal(model.run_with_hooks(item, fwd_hooks=ScaleNeuron(0, 3, 4.0).hooks(model, item)), want)
+
+
+@torch.no_grad()
+def test_clamp_feature_equals_the_hand_written_sae_computation(qwen2_audio, item):
+    model, hook, f, v = qwen2_audio, "blocks.0.hook_resid_post", 5, 4.0
+    sae = _sae_at(model, hook, inp=item, activation="relu", seed=12)
+    by_hand = model.run_with_hooks(item, fwd_hooks=[(hook, lambda x, hook: x + (v - sae.encode(x)[..., f])[..., None] * sae.W_dec[f])])
+    with pytest.raises(ValueError, match="add_sae"):
+        ClampFeature(sae, f, v).hooks(model)
+    with model.saes([sae]):
+        clamped = model.run_with_hooks(item, fwd_hooks=ClampFeature(sae, f, v).hooks(model, item))
+    err = (clamped - by_hand).abs().max().item()
+    assert err <= 1e-5, err
+    assert (clamped - model(item)).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_generate_with_an_intervention_matches_run_with_hooks(qwen2_audio, item):
+    model = qwen2_audio
+    steer = [AddDirection("blocks.1.hook_resid_post", _direction(model, 13), 6.0), AblateHead(0, 1)]
+    plain = model.generate(item, max_new_tokens=4, return_type="tokens", eos_token_ids=[])
+    steered = model.generate(item, max_new_tokens=4, return_type="tokens", interventions=steer, eos_token_ids=[])
+    assert not torch.equal(plain, steered)
+    inputs = dict(model.model_inputs(item))
+    hooks = [h for iv in steer for h in iv.hooks(model, item)]
+    for t in range(4):  # greedy without the cache, whole sequence each step
+        token = model.run_with_hooks(inputs, fwd_hooks=hooks)[:, -1].argmax(-1)
+        assert int(token[0]) == int(steered[0, t])
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], token[:, None]], 1)
+        inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(token[:, None])], 1)
+
+
+@torch.no_grad()
+def test_audio_direction_and_head_audio_attention(qwen2_audio, item):
+    model, name = qwen2_audio, "blocks.1.hook_resid_post"
+    other = qwen2_audio.prepare(clip(0.8, seed=40), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
+    direction = audio_direction(model, [item, other], layer=1)
+    diffs = []
+    for inp in (item, other):
+        run = Silence().apply(model, inp)
+        clean = model.run_with_cache(inp, names_filter=name)[1][name]
+        corrupt = model.run_with_cache(run.batch(), names_filter=name)[1][name]
+        diffs.append((clean - corrupt)[0].mean(0))
+    torch.testing.assert_close(direction, torch.stack(diffs).mean(0), atol=1e-5, rtol=0)
+    mass = head_audio_attention(model, item)
+    assert mass.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    assert ((mass >= 0) & (mass <= 1 + 1e-5)).all()
+    ids = model.model_inputs(item)["input_ids"][0]
+    audio = model.audio_token_mask(ids[None])[0]
+    last = int(audio.nonzero().max())
+    pattern = model.run_with_cache(item, names_filter="blocks.1.attn.hook_pattern")[1]["blocks.1.attn.hook_pattern"]
+    torch.testing.assert_close(mass[1, 3], pattern[0, 3, last + 1:][:, audio].sum(-1).mean(), atol=1e-5, rtol=0)
+
+
+def test_interventions_refuse_bad_input(qwen2_audio, item):
+    with pytest.raises(ValueError, match="layer=7"):
+        AblateHead(7, 0).hooks(qwen2_audio)
+    with pytest.raises(ValueError, match="head=99"):
+        AblateHead(0, 99).hooks(qwen2_audio)
+    with pytest.raises(ValueError, match="mode='half'"):
+        ScaleNeuron(0, 1, mode="half").hooks(qwen2_audio)
+    with pytest.raises(ValueError, match="needs the input"):
+        AddDirection("blocks.0.hook_resid_post", _direction(qwen2_audio), 1.0, "audio").hooks(qwen2_audio)
+    with pytest.raises(ValueError, match="no such hook"):
+        AddDirection("blocks.0.resid", _direction(qwen2_audio)).hooks(qwen2_audio)
+    with pytest.raises(ValueError, match="the prompt has"):
+        AddDirection("blocks.0.hook_resid_post", _direction(qwen2_audio), 1.0, [10_000]).hooks(qwen2_audio, item)

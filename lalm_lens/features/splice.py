@@ -104,6 +104,13 @@ class SpliceMixin:
             added = {n: m for n, m in self.__dict__.get("_spliced", {}).items() if n not in before}
             self._put_back(added, keep=before)
 
+    def sae_hook(self, sae: SAE) -> str:
+        """Where `sae` is spliced (the path its hook points hang under)."""
+        for name, module in self.hook_dict.items():
+            if isinstance(module, SAESplice) and module.sae is sae:
+                return name
+        raise ValueError("this SAE is not spliced; splice it first: model.add_sae(sae) or `with model.saes([sae]):`")
+
     def _replace(self, name: str, new: HookPoint) -> None:
         parent, _, attr = name.rpartition(".")
         module = self.get_submodule(parent)
