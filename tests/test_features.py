@@ -155,19 +155,27 @@ def item(qwen2_audio):
     return inp
 
 
-def _sae_at(model, hook, activation="topk", seed=7, **kw):
-    d = model.run_with_cache(kw.pop("inp"), names_filter=hook)[1][hook].shape[-1]
-    k = 5 if activation == "topk" else None
-    return SAE.random(SAEConfig(d, 4 * d, activation=activation, k=k, hook_name=hook, **kw), seed=seed, std=0.2)
-
-
 HOOKS = ["blocks.1.hook_resid_post", "audio_encoder.blocks.0.hook_resid_post", "hook_audio_embeds", "blocks.0.attn.hook_z"]
+OTHER = ["blocks.0.hook_resid_post", "audio_encoder.blocks.1.hook_resid_post"]
+
+
+@pytest.fixture(scope="module")
+def widths(qwen2_audio, item):
+    """The last-axis width of each hook the tests splice at (one cached run)."""
+    cache = qwen2_audio.run_with_cache(item, names_filter=lambda n: n in HOOKS + OTHER)[1]
+    return {n: cache[n].shape[-1] for n in HOOKS + OTHER}
+
+
+def _sae_at(widths, hook, activation="topk", seed=7):
+    d = widths[hook]
+    k = 5 if activation == "topk" else None
+    return SAE.random(SAEConfig(d, 4 * d, activation=activation, k=k, hook_name=hook), seed=seed, std=0.2)
 
 
 @pytest.mark.parametrize("hook", HOOKS)
-def test_splice_with_error_term_is_exact_and_without_replaces(qwen2_audio, item, hook):
+def test_splice_with_error_term_is_exact_and_without_replaces(qwen2_audio, item, widths, hook):
     model = qwen2_audio
-    sae = _sae_at(model, hook, inp=item)
+    sae = _sae_at(widths, hook)
     with torch.no_grad():
         base = model(item)
         with model.saes([sae]):
@@ -182,18 +190,13 @@ def test_splice_with_error_term_is_exact_and_without_replaces(qwen2_audio, item,
         model.add_sae(sae, use_error_term=False)
         try:
             replaced = model(item)
-            x = model.run_with_cache(item, names_filter=f"{hook}.hook_sae_input")[1][f"{hook}.hook_sae_input"]
-            manual = model.run_with_hooks(item, fwd_hooks=[(f"{hook}.hook_sae_output",
-                                                            lambda out, hook: out)])
         finally:
             model.reset_saes()
             sae.use_error_term = True
         assert (replaced - base).abs().max() > 1e-3  # the reconstruction really replaced the activation
-        torch.testing.assert_close(manual, replaced, atol=0, rtol=0)
         with model.hooks(fwd_hooks=[(hook, lambda a, hook: sae.decode(sae.encode(a)).to(a.dtype))]):
             by_hand = model(item)  # the reconstruction written as a plain hook
         assert (by_hand - replaced).abs().max() <= 1e-5
-        assert x.shape[-1] == sae.cfg.d_in
 
 
 def test_transcoder_splice(qwen2_audio, item):
@@ -229,11 +232,11 @@ def test_splice_refuses_bad_input(qwen2_audio):
     assert not any("hook_sae" in n for n in qwen2_audio.hook_dict)
 
 
-@pytest.mark.parametrize("hook,states", [("blocks.0.hook_resid_post", "resid_post"), ("blocks.1.hook_mlp_out", "resid_pre"),
+@pytest.mark.parametrize("hook,states", [("blocks.0.hook_resid_post", "resid_pre"),
                                          ("audio_encoder.blocks.1.hook_resid_post", "resid_post")])
-def test_trace_with_sae_fast_equals_reference(qwen2_audio, item, hook, states, recwarn):
+def test_trace_with_sae_fast_equals_reference(qwen2_audio, item, widths, hook, states, recwarn):
     model = qwen2_audio
-    sae = _sae_at(model, hook, inp=item, activation="jumprelu", seed=9)
+    sae = _sae_at(widths, hook, activation="jumprelu", seed=9)
     kw = dict(answer=item.meta["answer"], states=states, mode="layers")
     with model.saes([sae], use_error_term=False):
         ref = causal_trace(model, item, engine="reference", **kw)
@@ -302,9 +305,9 @@ def test_scale_neuron_equals_the_hand_written_hook(qwen2_audio, item):
 
 
 @torch.no_grad()
-def test_clamp_feature_equals_the_hand_written_sae_computation(qwen2_audio, item):
+def test_clamp_feature_equals_the_hand_written_sae_computation(qwen2_audio, item, widths):
     model, hook, f, v = qwen2_audio, "blocks.0.hook_resid_post", 5, 4.0
-    sae = _sae_at(model, hook, inp=item, activation="relu", seed=12)
+    sae = _sae_at(widths, hook, activation="relu", seed=12)
     by_hand = model.run_with_hooks(item, fwd_hooks=[(hook, lambda x, hook: x + (v - sae.encode(x)[..., f])[..., None] * sae.W_dec[f])])
     with pytest.raises(ValueError, match="add_sae"):
         ClampFeature(sae, f, v).hooks(model)
