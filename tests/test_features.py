@@ -371,3 +371,22 @@ def test_interventions_refuse_bad_input(qwen2_audio, item):
         AddDirection("blocks.0.resid", _direction(qwen2_audio)).hooks(qwen2_audio)
     with pytest.raises(ValueError, match="the prompt has"):
         AddDirection("blocks.0.hook_resid_post", _direction(qwen2_audio), 1.0, [10_000]).hooks(qwen2_audio, item)
+
+
+@torch.no_grad()
+def test_steering_effect_counts_flips_with_a_ci(qwen2_audio, item):
+    from lalm_lens.features.interventions import steering_effect
+
+    model = qwen2_audio
+    other = model.prepare(clip(0.8, seed=40), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
+    answers = [int(model(inp)[0, -1].argmax()) for inp in (item, other)]  # the clean top-1: accuracy 1
+    steer = [AddDirection("blocks.1.hook_resid_post", _direction(model, 13), 6.0)]
+    flipped = [int(model.run_with_hooks(inp, fwd_hooks=steer[0].hooks(model, inp))[0, -1].argmax()) != a
+               for inp, a in zip((item, other), answers)]
+    out = steering_effect(model, list(zip((item, other), answers)), steer, n_boot=200)
+    assert out["n"] == 2 and out["accuracy"] == 1.0
+    assert out["steered_accuracy"] == 1.0 - sum(flipped) / 2 and out["delta"] == -sum(flipped) / 2
+    assert out["delta_ci"][0] <= out["delta"] <= out["delta_ci"][1]
+    assert any(flipped)
+    with pytest.raises(ValueError, match="meta\\['answer'\\]"):
+        steering_effect(model, [model.prepare(clip(0.5, seed=41), PROMPT, sampling_rate=16000)], steer)

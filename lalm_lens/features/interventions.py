@@ -221,3 +221,31 @@ def head_audio_attention(model, inp) -> Tensor:
         mass = (cache[name] * audio[:, None, None].to(cache[name].dtype)).sum(-1)  # [batch, head, query]
         out.append((mass * after[:, None]).sum(dim=(0, 2)) / after.sum())
     return torch.stack(out)
+
+
+@torch.no_grad()
+def steering_effect(model, items: Iterable, interventions: Sequence, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Accuracy (top-1 at the final position == the answer) without and with `interventions` over a
+    dataset, and the change with a paired percentile-bootstrap 95% CI. `items`: `(inp, answer)`
+    pairs, or prepared inputs with `meta["answer"]`."""
+    import numpy as np
+
+    from lalm_lens.tracing.dataset_result import bootstrap_ci
+    from lalm_lens.tracing.groups import final_position
+    from lalm_lens.tracing.trace import answer_token
+
+    base, steered = [], []
+    for item in items:
+        inp, answer = item if isinstance(item, tuple) else (item, (getattr(item, "meta", None) or {}).get("answer"))
+        if answer is None:
+            raise ValueError("steering_effect(items=...): give (inp, answer) pairs or inputs with meta['answer']")
+        token, _ = answer_token(model, inp, answer)
+        at = final_position(model.model_inputs(inp))
+        base.append(float(int(model(inp)[0, at].argmax()) == token))
+        hooked = model.run_with_hooks(inp, fwd_hooks=intervention_hooks(model, interventions, inp))
+        steered.append(float(int(hooked[0, at].argmax()) == token))
+    if not base:
+        raise ValueError("steering_effect(items=...): no items")
+    delta, lo, hi = bootstrap_ci(np.array(steered) - np.array(base), n_boot=n_boot, seed=seed)
+    return {"n": len(base), "accuracy": float(np.mean(base)), "steered_accuracy": float(np.mean(steered)),
+            "delta": float(delta), "delta_ci": (float(lo), float(hi))}
