@@ -16,12 +16,21 @@ def greedy_generate(
     max_new_tokens: int = 20,
     eos_token_ids: Optional[Sequence[int]] = None,
     pad_token_id: Optional[int] = None,
+    interventions: Sequence = (),
 ) -> Tensor:
     """New token ids `[batch, n_new]`; rows that stop early are padded with `pad_token_id`.
 
     Positions follow the attention mask (`cumsum - 1`, as HF does for
     left-padded batches); the prompt is run once and then one token per step.
+    `interventions` (`lalm_lens.features.interventions` values) hook every step.
     """
+    from lalm_lens.features.interventions import intervention_hooks
+
+    with model.hooks(fwd_hooks=intervention_hooks(model, interventions, inp)):
+        return _greedy(model, inp, max_new_tokens, eos_token_ids, pad_token_id)
+
+
+def _greedy(model, inp, max_new_tokens, eos_token_ids, pad_token_id) -> Tensor:
     inputs = model.model_inputs(inp)
     ids = inputs["input_ids"]
     attn = inputs.get("attention_mask", torch.ones_like(ids))

@@ -33,6 +33,7 @@ from lalm_lens.components.qformer import QFormerProjector
 from lalm_lens.components.rotary import Rotary
 from lalm_lens.components.unembed import TiedUnembed, Unembed
 from lalm_lens.config import LALMConfig
+from lalm_lens.features.splice import SpliceMixin
 from lalm_lens.inputs.prepared import PreparedInput
 
 PROJECTORS = {"linear": LinearProjector, "stack": StackProjector, "mlp": MLPProjector, "qformer": QFormerProjector,
@@ -42,7 +43,7 @@ INPUT_ALIASES = {"input_features_mask": "feature_attention_mask"}  # Audio Flami
 IGNORED_INPUTS = ("num_audio_tokens", "token_type_ids")
 
 
-class HookedLALM(HookedRootModule):
+class HookedLALM(SpliceMixin, HookedRootModule):
     """A hookable large audio language model with converted weights.
 
     Build one with `HookedLALM.from_pretrained(name_or_path)`; `HookedLALM(config)`
