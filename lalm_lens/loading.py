@@ -75,7 +75,7 @@ def load_pretrained(
         cfg.dtype, cfg.device = dtype, str(device)
     config.eos_token_ids = eos_token_ids(family.generation_folder(ckpt, hf_config), lm_config)
     with torch.device("meta"):
-        model = HookedLALM(config)
+        model = (family.model_class or HookedLALM)(config)
     model.to_empty(device=device)
     model.reset_buffers()
     filled: set[str] = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lalm_lens.components.audio_encoder import AudioEncoder, PaddedAudioEncoder, QwenAudioEncoder
 from lalm_lens.components.chunked_audio_encoder import ChunkedAudioEncoder
+from lalm_lens.components.conformer_encoder import ConformerEncoder
 from lalm_lens.config import EncoderConfig
 
 ENCODERS: dict[str, type[AudioEncoder]] = {
@@ -11,6 +12,7 @@ ENCODERS: dict[str, type[AudioEncoder]] = {
     "padded": PaddedAudioEncoder,  # padded frames cropped and masked (Qwen2-Audio, Audio Flamingo 3)
     "qwen_audio": QwenAudioEncoder,  # cropped at the clip's own length (Qwen-Audio v1)
     "chunked": ChunkedAudioEncoder,  # Qwen2.5-Omni: per-chunk convolutions, windowed attention
+    "conformer": ConformerEncoder,  # Granite Speech: CTC conformer over stacked log-mel frames
 }
 
 

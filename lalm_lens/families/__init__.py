@@ -13,13 +13,15 @@ from typing import Optional
 from lalm_lens.families.audio_flamingo3 import AUDIO_FLAMINGO3
 from lalm_lens.families.base import Family, Reference
 from lalm_lens.families.desta import DESTA2, DESTA25
+from lalm_lens.families.granite_speech import GRANITE_SPEECH
 from lalm_lens.families.qwen2_5_omni import QWEN2_5_OMNI
 from lalm_lens.families.qwen2_audio import QWEN2_AUDIO
 from lalm_lens.families.qwen_audio import QWEN_AUDIO
 from lalm_lens.families.voxtral import VOXTRAL
 from weight_conversion.base import UnknownFamilyError
 
-REGISTRY: tuple[Family, ...] = (QWEN2_AUDIO, VOXTRAL, DESTA25, DESTA2, QWEN_AUDIO, AUDIO_FLAMINGO3, QWEN2_5_OMNI)
+REGISTRY: tuple[Family, ...] = (QWEN2_AUDIO, VOXTRAL, DESTA25, DESTA2, QWEN_AUDIO, AUDIO_FLAMINGO3, QWEN2_5_OMNI,
+                                 GRANITE_SPEECH)
 
 
 def family_for(model_type: Optional[str]) -> Family:

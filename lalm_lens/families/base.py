@@ -63,6 +63,7 @@ class Family:
     weight_sources: Optional[Callable[[Checkpoint, LALMConfig, Any], list[WeightSource]]] = None
     shard_filter: Optional[Callable[[str], bool]] = None  # read only the shards holding keys it accepts
     generation_folder: Callable[[Checkpoint, Any], Path] = lambda ckpt, hf_config: ckpt.folder  # generation_config.json
+    model_class: Optional[type] = None  # a `HookedLALM` subclass for families with parts of their own (None: HookedLALM)
 
     @classmethod
     def from_conversion(cls, conversion, **fields) -> "Family":
