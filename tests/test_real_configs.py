@@ -26,7 +26,7 @@ def check_coverage(family, config, sources) -> HookedLALM:
     for cfg in (config.lm, config.encoder):
         cfg.dtype = torch.bfloat16
     with torch.device("meta"):
-        ours = HookedLALM(config)
+        ours = (family.model_class or HookedLALM)(config)
     filled = set()
     for tensors, key_map in sources:
         filled |= load_checkpoint(ours, tensors, key_map, what=f"released {family.name}")
@@ -91,6 +91,26 @@ def qwen_audio_case():
     return family_for("qwen"), config, [(tensors, conversion.key_map(config))]
 
 
+def granite_speech_case(values):
+    """The base model's keys and the adapter's (peft's file layout), each through its own key table."""
+    from peft import LoraConfig, get_peft_model_state_dict
+    from transformers import GraniteSpeechConfig, GraniteSpeechForConditionalGeneration
+
+    from lalm_lens.families.granite_speech.reference import add_lora
+    from weight_conversion import granite_speech as conversion
+
+    config = GraniteSpeechConfig(**values)
+    with torch.device("meta"):
+        original = GraniteSpeechForConditionalGeneration(config)
+        base = meta_tensors(original)
+        add_lora(original, LoraConfig(**rc.GRANITE_SPEECH_LORA))
+    adapter = [("base_model.model." + k, v, "meta") for k, v in get_peft_model_state_dict(original).items()]
+    ours_config = conversion.convert_config(conversion.GraniteSpeechSource(config, rc.GRANITE_SPEECH_LORA))
+    assert ours_config.lm.lora == dict(rank=64, scale=0.5, targets=["q", "v"]) and ours_config.lm.rotary_base == 1e7
+    return family_for("granite_speech"), ours_config, [(base, conversion.key_map(ours_config)),
+                                                      (adapter, conversion.adapter_key_map(ours_config))]
+
+
 CASES = {
     "Qwen2-Audio-7B-Instruct": lambda: hf_case("Qwen2AudioConfig", "Qwen2AudioForConditionalGeneration",
                                                rc.QWEN2_AUDIO_7B_INSTRUCT),
@@ -102,6 +122,8 @@ CASES = {
     "audio-flamingo-3-hf": lambda: hf_case("AudioFlamingo3Config", "AudioFlamingo3ForConditionalGeneration",
                                            rc.AUDIO_FLAMINGO_3),
     "Qwen2.5-Omni-7B": omni_case,
+    "granite-speech-3.3-2b": lambda: granite_speech_case(rc.GRANITE_SPEECH_3_3_2B),
+    "granite-speech-3.3-8b": lambda: granite_speech_case(rc.GRANITE_SPEECH_3_3_8B),
 }
 
 
