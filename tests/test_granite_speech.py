@@ -275,3 +275,62 @@ def test_bad_features_shape_is_refused(ours):
     features = torch.zeros(1, 160, 40)  # a Whisper-style [batch, mels, frames] layout
     with pytest.raises(ValueError, match=r"input_features must be \[batch, frames, 160\]"):
         ours.encode_audio(features)
+
+
+# ---------------------------------------------------------------- causal_trace(lora=...)
+@torch.no_grad()
+def brute_force_trace(model, item, answer, positions, clean_mode, corrupted_mode):
+    """P(answer) of every (layer, position) cell by plain hooked forwards, the adapter set per run by hand."""
+    from transformer_lens.utilities import get_act_name
+
+    from lalm_lens.tracing import Silence
+
+    corrupted = Silence().apply(model, item).batch()
+    with model.using_lora(clean_mode):
+        _, cache = model.run_with_cache(item)
+    final = item["input_ids"].shape[1] - 1
+    prob = lambda logits: logits[0, final, answer].item()  # noqa: E731  (the answer's logit: P saturates here)
+    with model.using_lora(corrupted_mode):
+        p_corrupted = prob(model(corrupted))
+        cells = []
+        for layer in range(model.cfg.n_layers):
+            for pos in positions:
+                name = get_act_name("resid_post", layer)
+
+                def restore(act, hook, pos=pos):
+                    act[:, pos] = cache[hook.name][:, pos]
+                    return act
+
+                cells.append(prob(model.run_with_hooks(corrupted, fwd_hooks=[(name, restore)])))
+    return p_corrupted, torch.tensor(cells, dtype=torch.float64).view(model.cfg.n_layers, len(positions))
+
+
+@pytest.mark.filterwarnings("ignore:.*ill-posed")
+@pytest.mark.parametrize("lora, clean_mode, corrupted_mode", [("on", "on", "on"), ("off", "off", "off"),
+                                                              ("clean", "on", "off")])
+def test_causal_trace_lora_option_equals_brute_force(ours, lora, clean_mode, corrupted_mode):
+    from lalm_lens.tracing import causal_trace
+
+    item, answer, positions = trace_item(ours)
+    positions = positions[1::2]  # an option token and the final one
+    p_corrupted, cells = brute_force_trace(ours, item, answer, positions, clean_mode, corrupted_mode)
+    for engine in ("fast", "reference"):
+        result = causal_trace(ours, item, answer=answer, positions=positions, engine=engine, lora=lora,
+                              metric=lambda logits: logits[:, answer])
+        assert result.settings["lora"] == lora and ours.lora_mode == "auto"
+        assert abs(result.corrupted - p_corrupted) <= 1e-5
+        assert (result.patched - cells).abs().max().item() <= 1e-5, (engine, result.patched, cells)
+    if lora == "clean":  # the runs really differ: the corrupted run without the adapter, the clean one with it
+        on_corrupted, on_cells = brute_force_trace(ours, item, answer, positions, "on", "on")
+        assert abs(on_corrupted - p_corrupted) > 1e-4 and (on_cells - cells).abs().max() > 1e-4
+
+
+def test_causal_trace_lora_option_is_checked(ours, qwen2_audio):
+    from lalm_lens.tracing import causal_trace
+
+    item = ours.prepare(clip(0.5), PROMPT, sampling_rate=RATE)
+    with pytest.raises(ValueError, match=r"lora='both': use one of \('on', 'off', 'clean'\)"):
+        causal_trace(ours, item, answer=0, lora="both")
+    other = qwen2_audio.prepare(clip(0.5), PROMPT, sampling_rate=RATE)
+    with pytest.raises(ValueError, match="needs a model with a LoRA adapter"):
+        causal_trace(qwen2_audio, other, answer=0, lora="on")
