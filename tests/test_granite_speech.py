@@ -70,9 +70,7 @@ def compare(ours, hf, inp, label):
         for i, hidden in enumerate(layer_out):
             diffs[f"enc{i}"] = max_diff(cache[f"audio_encoder.blocks.{i}.hook_resid_post"], hidden)
         diffs["enc_out"] = max_diff(cache["audio_encoder.hook_out"], enc_out[0])
-        mask = inp["feature_attention_mask"].bool()
-        scaled = out.audio_embeds[mask] * ours.cfg.embedding_multiplier  # Granite scales its whole input
-        diffs["audio_embeds"] = max_diff(cache["hook_audio_embeds"], scaled)
+        diffs["audio_embeds"] = max_diff(cache["hook_audio_embeds"], out.audio_embeds)  # scaled, each clip's own
     print(f"\n{label}: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     assert max(diffs.values()) <= TOL, diffs
     return diffs
@@ -334,3 +332,12 @@ def test_causal_trace_lora_option_is_checked(ours, qwen2_audio):
     other = qwen2_audio.prepare(clip(0.5), PROMPT, sampling_rate=RATE)
     with pytest.raises(ValueError, match="needs a model with a LoRA adapter"):
         causal_trace(qwen2_audio, other, answer=0, lora="on")
+
+
+def test_verify(folder):
+    import lalm_lens
+
+    report = lalm_lens.verify(str(folder), device="cpu")
+    print(f"\n{report}")
+    assert report.passed and report.audio_embeds_diff is not None and report.audio_embeds_diff <= TOL
+    assert len(report.encoder_layers) == 2 and max(report.encoder_layers + report.lm_layers) <= TOL

@@ -98,8 +98,18 @@ def forward(original, inp: Mapping):
     logits = out.logits
     if drops_logits_scaling(original):
         logits = logits / original.config.text_config.logits_scaling
-    return SimpleNamespace(logits=logits, hidden_states=out.hidden_states,
-                           audio_embeds=getattr(out, "audio_hidden_states", None))
+    return SimpleNamespace(logits=logits, hidden_states=out.hidden_states, audio_embeds=audio_vectors(original, inp, out))
+
+
+def audio_vectors(original, inp: Mapping, out):
+    """The projector's vectors as `hook_audio_embeds` holds them: each clip's own, in order, times the LM's
+    `embedding_multiplier` (Granite scales its whole input; ours does it in the projector)."""
+    vectors = getattr(out, "audio_hidden_states", None)
+    if vectors is None:
+        return None
+    mask = inp.get("feature_attention_mask")
+    vectors = vectors[mask.bool()] if mask is not None else vectors.flatten(0, 1)
+    return vectors * original.config.text_config.embedding_multiplier
 
 
 def encoder_layers(original) -> list:
