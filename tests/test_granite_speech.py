@@ -341,3 +341,31 @@ def test_verify(folder):
     print(f"\n{report}")
     assert report.passed and report.audio_embeds_diff is not None and report.audio_embeds_diff <= TOL
     assert len(report.encoder_layers) == 2 and max(report.encoder_layers + report.lm_layers) <= TOL
+
+
+def test_adapter_key_layouts(ours):
+    """Adapter keys as peft saves them from transformers 5 (`model.language_model.*`) and 4 (`language_model.model.*`)."""
+    from weight_conversion.granite_speech import adapter_key_map
+
+    table = adapter_key_map(ours.config)
+    for key in ("base_model.model.model.language_model.layers.1.self_attn.q_proj.lora_A.weight",
+                "base_model.model.language_model.model.layers.1.self_attn.q_proj.lora_A.weight",
+                "base_model.model.language_model.model.layers.1.self_attn.q_proj.lora_A.default.weight"):
+        assert table.lookup(key)[0] == "blocks.1.attn.lora_q.A", key
+    with pytest.raises(KeyError):
+        table.lookup("base_model.model.model.language_model.layers.1.mlp.up_proj.lora_A.weight")
+
+
+def test_missing_adapter_files(folder, tmp_path):
+    import shutil
+
+    for name in ("no_weights", "no_adapter"):
+        shutil.copytree(folder, tmp_path / name)
+    (tmp_path / "no_weights" / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="adapter_config.json but no adapter_model.safetensors"):
+        HookedLALM.from_pretrained(tmp_path / "no_weights", device="cpu")
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (tmp_path / "no_adapter" / name).unlink()
+    with pytest.warns(UserWarning, match="holds no adapter_config.json"):
+        plain = HookedLALM.from_pretrained(tmp_path / "no_adapter", device="cpu")
+    assert not plain.has_lora
