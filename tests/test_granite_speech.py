@@ -180,12 +180,13 @@ def test_fast_engine_equals_reference_engine(ours, states):
     from lalm_lens.tracing import causal_trace
 
     item, answer, positions = trace_item(ours)
-    kw = dict(answer=answer, states=states, window=1 if states == "resid_post" else 3, positions=positions)
+    # the answer's logit: P(answer) of this tiny item saturates at 1, where any two engines would agree
+    kw = dict(answer=answer, states=states, window=3, positions=positions[1:], metric=lambda logits: logits[:, answer])
     ref = causal_trace(ours, item, engine="reference", **kw)
     fast = causal_trace(ours, item, engine="fast", **kw)
     assert fast.settings["engine"]["name"] == "fast"
-    assert abs(ref.p_corrupted - fast.p_corrupted) <= 1e-5
-    assert (ref.p_patched - fast.p_patched).abs().max().item() <= 1e-5
+    assert abs(ref.corrupted - fast.corrupted) <= 1e-5 and ref.patched.std() > 1e-3
+    assert (ref.patched - fast.patched).abs().max().item() <= 1e-5
 
 
 # ---------------------------------------------------------------- mutations: each must move the logits past TOL
