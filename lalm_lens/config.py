@@ -128,3 +128,37 @@ class LALMConfig:
         for key in ("lm", "encoder"):
             out[key].pop("dtype", None)
         return out
+
+
+@dataclass
+class ConformerConfig(EncoderConfig):
+    """Granite Speech's CTC conformer encoder (`kind="conformer"`): blocks of ff1/2, attention, conv, ff2/2.
+
+    Attention runs within blocks of `context_size` frames, with Shaw relative positions
+    (a table of `2 * max_pos_emb + 1` rows, distances clamped to ±context_size); the conv
+    module widens to `d_conv` (GLU), then a depthwise conv of `conv_kernel` taps; after block
+    `n_layers // 2` the CTC head's softmax over `d_ctc` classes is projected back and added.
+    """
+
+    context_size: int = 200
+    max_pos_emb: int = 512
+    conv_kernel: int = 15
+    d_conv: int = 2048
+    d_ctc: int = 42
+
+
+@dataclass
+class GraniteLMConfig(BlockConfig):
+    """Granite's LM: Llama's blocks with four scalars, and an optional LoRA on some projections.
+
+    Inputs are scaled by `embedding_multiplier`, each sub-layer's output by
+    `residual_multiplier` before it joins the residual, attention scores by
+    `attention_multiplier` (instead of 1/sqrt(d_head)), logits divided by `logits_scaling`.
+    `lora`: None, or dict(rank, scale, targets) with targets among "q", "k", "v".
+    """
+
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    attention_multiplier: Optional[float] = None
+    logits_scaling: float = 1.0
+    lora: Optional[dict] = None

@@ -32,12 +32,14 @@ from lalm_lens.components.projectors import (IdentityProjector, LinearProjector,
 from lalm_lens.components.qformer import QFormerProjector
 from lalm_lens.components.rotary import Rotary
 from lalm_lens.components.unembed import TiedUnembed, Unembed
+from lalm_lens.components.window_qformer import WindowQFormerProjector
 from lalm_lens.config import LALMConfig
 from lalm_lens.features.splice import SpliceMixin
 from lalm_lens.inputs.prepared import PreparedInput
 
 PROJECTORS = {"linear": LinearProjector, "stack": StackProjector, "mlp": MLPProjector, "qformer": QFormerProjector,
-              "tagged": TaggedProjector, "identity": IdentityProjector, "rotary_time_mlp": RotaryTimeProjector}
+              "tagged": TaggedProjector, "identity": IdentityProjector, "rotary_time_mlp": RotaryTimeProjector,
+              "window_qformer": WindowQFormerProjector}
 MODEL_INPUTS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask", "position_ids", "audio_embeds")
 INPUT_ALIASES = {"input_features_mask": "feature_attention_mask"}  # Audio Flamingo 3's processor
 IGNORED_INPUTS = ("num_audio_tokens", "token_type_ids")

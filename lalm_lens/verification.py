@@ -69,9 +69,11 @@ def _top1_agrees(ours: torch.Tensor, ref: torch.Tensor, tol: float) -> bool:
     return bool((chosen >= ref.float().max(-1).values - tol).all())
 
 
-def _encoder_valid_positions(model, inp) -> int:
-    """Encoder positions both sides compute from real audio (ours crops padded frames)."""
+def _encoder_valid_positions(model, inp) -> Optional[int]:
+    """Encoder positions both sides compute from real audio (ours crops padded frames; None: all of them)."""
     mask = inp.get("feature_attention_mask")
+    if not hasattr(model.audio_encoder, "output_lengths"):  # an encoder that crops nothing (Granite's conformer)
+        return None
     if mask is None:
         return model.config.encoder.n_ctx
     valid, _ = model.audio_encoder.output_lengths(mask.sum(-1))
@@ -145,7 +147,8 @@ def verify(
     ref = family.reference.load(ckpt, family_config, dtype, device)
     enc_outputs: list[torch.Tensor] = []
     handles = [
-        layer.register_forward_hook(lambda mod, args, out: enc_outputs.append(out[0] if isinstance(out, tuple) else out))
+        layer.register_forward_hook(  # a copy: an original may add to a block's output in place (Granite's CTC)
+            lambda mod, args, out: enc_outputs.append((out[0] if isinstance(out, tuple) else out).clone()))
         for layer in family.reference.encoder_layers(ref)
     ]
     try:

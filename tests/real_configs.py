@@ -154,3 +154,29 @@ def qwen_audio_keys(c: dict) -> dict:
                      b + "mlp_ln.weight": (w,), b + "mlp_ln.bias": (w,), b + "mlp.0.weight": (4 * w, w),
                      b + "mlp.0.bias": (4 * w,), b + "mlp.2.weight": (w, 4 * w), b + "mlp.2.bias": (w,)})
     return keys
+
+# Granite Speech 3.3 (ibm-granite/granite-speech-3.3-2b, -8b): the conformer and Q-Former are shared, the LMs
+# are granite-3.3-2b/8b-instruct; the LoRA adapter (adapter_config.json) is rank 64, alpha 32 on q_proj/v_proj.
+_GRANITE_ENCODER = dict(model_type="granite_speech_encoder", input_dim=160, num_layers=16, hidden_dim=1024,
+                        feedforward_mult=4, num_heads=8, dim_head=128, output_dim=256, context_size=200,
+                        max_pos_emb=512, conv_kernel_size=15, conv_expansion_factor=2)
+_GRANITE_QFORMER = dict(model_type="blip_2_qformer", hidden_size=1024, num_hidden_layers=2, num_attention_heads=16,
+                        intermediate_size=4096, encoder_hidden_size=1024, cross_attention_frequency=1,
+                        layer_norm_eps=1e-12, use_qformer_text_input=False)
+GRANITE_SPEECH_LORA = dict(peft_type="LORA", r=64, lora_alpha=32, target_modules=["q_proj", "v_proj"], bias="none")
+
+
+def _granite_speech(hidden: int, intermediate: int, attention_multiplier: float, logits_scaling: float) -> dict:
+    return dict(
+        model_type="granite_speech", audio_token_index=49159, downsample_rate=5, window_size=15,
+        has_lora_adapter=True, encoder_config=_GRANITE_ENCODER, projector_config=_GRANITE_QFORMER,
+        text_config=dict(model_type="granite", vocab_size=49160, hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=40, num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5,
+                         rope_theta=10000000.0, max_position_embeddings=131072, embedding_multiplier=12.0,
+                         residual_multiplier=0.22, attention_multiplier=attention_multiplier,
+                         logits_scaling=logits_scaling, tie_word_embeddings=True),
+    )
+
+
+GRANITE_SPEECH_3_3_2B = _granite_speech(2048, 8192, 0.015625, 8.0)
+GRANITE_SPEECH_3_3_8B = _granite_speech(4096, 12800, 0.0078125, 16.0)

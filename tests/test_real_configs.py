@@ -130,6 +130,26 @@ def qwen_audio_case():
     return family_for("qwen"), config, [(tensors, conversion.key_map(config))]
 
 
+def granite_speech_case(values):
+    """The base model's keys and the adapter's (peft's file layout), each through its own key table."""
+    from peft import LoraConfig, get_peft_model_state_dict
+    from transformers import GraniteSpeechConfig, GraniteSpeechForConditionalGeneration
+
+    from lalm_lens.families.granite_speech.reference import add_lora
+    from weight_conversion import granite_speech as conversion
+
+    config = GraniteSpeechConfig(**values)
+    with torch.device("meta"):
+        original = GraniteSpeechForConditionalGeneration(config)
+        base = meta_tensors(original)
+        add_lora(original, LoraConfig(**rc.GRANITE_SPEECH_LORA))
+    adapter = [("base_model.model." + k, v, "meta") for k, v in get_peft_model_state_dict(original).items()]
+    ours_config = conversion.convert_config(conversion.GraniteSpeechSource(config, rc.GRANITE_SPEECH_LORA))
+    assert ours_config.lm.lora == dict(rank=64, scale=0.5, targets=["q", "v"]) and ours_config.lm.rotary_base == 1e7
+    return family_for("granite_speech"), ours_config, [(base, conversion.key_map(ours_config)),
+                                                      (adapter, conversion.adapter_key_map(ours_config))]
+
+
 CASES = {
     "Qwen2-Audio-7B-Instruct": lambda: hf_case("Qwen2AudioConfig", "Qwen2AudioForConditionalGeneration",
                                                rc.QWEN2_AUDIO_7B_INSTRUCT),
@@ -146,6 +166,8 @@ CASES = {
                                                      rc.VOXTRAL_MINI_4B_REALTIME),
     "music-flamingo-2601-hf": lambda: hf_case("MusicFlamingoConfig", "MusicFlamingoForConditionalGeneration",
                                               rc.MUSIC_FLAMINGO),
+    "granite-speech-3.3-2b": lambda: granite_speech_case(rc.GRANITE_SPEECH_3_3_2B),
+    "granite-speech-3.3-8b": lambda: granite_speech_case(rc.GRANITE_SPEECH_3_3_8B),
 }
 
 

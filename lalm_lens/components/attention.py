@@ -74,10 +74,14 @@ class Attention(nn.Module):
         """Apply positional information to k (none here; see RotaryAttention)."""
         return k
 
+    def project_qkv(self, x: Float[Tensor, "batch pos d_model"], which: str) -> Tensor:
+        """The `which` ("Q", "K" or "V") projection `[batch, pos, heads, d_head]` (a variant may add to it)."""
+        return project(x, getattr(self, f"W_{which}"), getattr(self, f"b_{which}"))
+
     def key_value(self, x: Float[Tensor, "batch pos d_model"], rope: Optional[tuple[Tensor, Tensor]] = None):
         """Positioned keys and values `[batch, pos, kv_head, d_head]` of normalised inputs `x`."""
-        k = self.hook_k(project(x, self.W_K, self.b_K))
-        v = self.hook_v(project(x, self.W_V, self.b_V))
+        k = self.hook_k(self.project_qkv(x, "K"))
+        v = self.hook_v(self.project_qkv(x, "V"))
         return self.position_key(k, rope), v
 
     def expand_kv(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -106,7 +110,7 @@ class Attention(nn.Module):
         rope: Optional[tuple[Tensor, Tensor]] = None,
         kv_cache: Optional[KVCache] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        q = self.position_query(self.hook_q(project(x, self.W_Q, self.b_Q)), rope)
+        q = self.position_query(self.hook_q(self.project_qkv(x, "Q")), rope)
         k, v = self.key_value(x, rope)
         return self.attend_and_write(q, k, v, mask, kv_cache)
 

@@ -6,6 +6,7 @@ from lalm_lens.components.audio_encoder import AudioEncoder, PaddedAudioEncoder,
 from lalm_lens.components.chunked_audio_encoder import ChunkedAudioEncoder
 from lalm_lens.components.conv2d_audio_encoder import Conv2dChunkedAudioEncoder
 from lalm_lens.components.streaming_audio_encoder import StreamingAudioEncoder
+from lalm_lens.components.conformer_encoder import ConformerEncoder
 from lalm_lens.config import EncoderConfig
 
 ENCODERS: dict[str, type[AudioEncoder]] = {
@@ -15,6 +16,7 @@ ENCODERS: dict[str, type[AudioEncoder]] = {
     "chunked": ChunkedAudioEncoder,  # Qwen2.5-Omni: per-chunk convolutions, windowed attention
     "chunked_conv2d": Conv2dChunkedAudioEncoder,  # Qwen3-Omni: Conv2d stem per chunk, 8-chunk attention windows
     "streaming": StreamingAudioEncoder,  # Voxtral Realtime: causal convolutions, sliding-window causal attention
+    "conformer": ConformerEncoder,  # Granite Speech: CTC conformer over stacked log-mel frames
 }
 
 

@@ -14,6 +14,7 @@ from lalm_lens.families.audio_flamingo3 import AUDIO_FLAMINGO3
 from lalm_lens.families.base import Family, Reference
 from lalm_lens.families.desta import DESTA2, DESTA25
 from lalm_lens.families.music_flamingo import MUSIC_FLAMINGO
+from lalm_lens.families.granite_speech import GRANITE_SPEECH
 from lalm_lens.families.qwen2_5_omni import QWEN2_5_OMNI
 from lalm_lens.families.qwen2_audio import QWEN2_AUDIO
 from lalm_lens.families.qwen3_omni_moe import QWEN3_OMNI_MOE
@@ -23,7 +24,7 @@ from lalm_lens.families.voxtral_realtime import VOXTRAL_REALTIME
 from weight_conversion.base import UnknownFamilyError
 
 REGISTRY: tuple[Family, ...] = (QWEN2_AUDIO, VOXTRAL, DESTA25, DESTA2, QWEN_AUDIO, AUDIO_FLAMINGO3, QWEN2_5_OMNI,
-                                QWEN3_OMNI_MOE, VOXTRAL_REALTIME, MUSIC_FLAMINGO)
+                                QWEN3_OMNI_MOE, VOXTRAL_REALTIME, MUSIC_FLAMINGO, GRANITE_SPEECH)
 
 
 def family_for(model_type: Optional[str]) -> Family:

@@ -63,7 +63,7 @@ class TraceSpec:
     """The checked settings of a trace (what a dataset run validates once, before its first item)."""
 
     def __init__(self, model, *, mode="tokens", states="resid_post", layers=None, positions=None, window=1,
-                 corruption="silence", metric=None, engine="fast", min_effect=None):
+                 corruption="silence", metric=None, engine="fast", min_effect=None, lora=None):
         self.mode = check_mode(mode)
         self.states = check_states(model, states)
         self.layers = check_indices(layers, model.cfg.n_layers, "layer(s)", range(model.cfg.n_layers))
@@ -75,12 +75,28 @@ class TraceSpec:
         self.metric: Metric = as_metric(metric)
         self.engine: Engine = as_engine(engine)
         self.min_effect = resolve_min_effect(min_effect, self.metric)
+        self.lora = check_lora(model, lora)
 
     def settings(self) -> dict:
         """What produced a result, as JSON (compared when a dataset run resumes)."""
-        return dict(mode=self.mode, states=self.states, layers=self.layers, positions=self.positions,
-                    window=self.window, corruption=self.corruption.to_dict(), metric=self.metric.to_dict(),
-                    min_effect=self.min_effect)
+        out = dict(mode=self.mode, states=self.states, layers=self.layers, positions=self.positions,
+                   window=self.window, corruption=self.corruption.to_dict(), metric=self.metric.to_dict(),
+                   min_effect=self.min_effect)
+        return out if self.lora is None else dict(out, lora=self.lora)
+
+
+LORA_SETTINGS = ("on", "off", "clean")
+
+
+def check_lora(model, lora: Optional[str]) -> Optional[str]:
+    """`lora=`: None (the model's own rule), or "on"/"off" in every run, "clean" in the clean run only."""
+    if lora is None:
+        return None
+    if lora not in LORA_SETTINGS:
+        raise ValueError(f"lora={lora!r}: use one of {LORA_SETTINGS} (or None for the model's own rule)")
+    if not getattr(model, "has_lora", False):
+        raise ValueError(f"lora={lora!r} needs a model with a LoRA adapter (Granite Speech); this model has none")
+    return lora
 
 
 def prepare_job(model, spec: TraceSpec, clean: Mapping, answer, cells=None) -> tuple[TraceJob, dict]:
@@ -99,7 +115,7 @@ def prepare_job(model, spec: TraceSpec, clean: Mapping, answer, cells=None) -> t
     corr.inputs = on_device(corr.inputs)
     cells = (build_cells(spec.mode, spec.layers, positions, spec.window, model.cfg.n_layers) if cells is None
              else cells(groups))
-    job = TraceJob(on_device(clean), corr, spec.states, cells, final_position(clean), answer_id, score)
+    job = TraceJob(on_device(clean), corr, spec.states, cells, final_position(clean), answer_id, score, spec.lora)
     info = dict(groups=groups, positions=positions, answer=answer_label, corruption=corr.description)
     return job, info
 
@@ -162,6 +178,7 @@ def causal_trace(
     window: int = 1,
     engine: Union[str, Engine] = "fast",
     min_effect: Optional[float] = None,
+    lora: Optional[str] = None,
     **moved,
 ) -> TraceResult:
     """Trace one item: restore clean `states` in the corrupted run, cell by cell.
@@ -173,11 +190,13 @@ def causal_trace(
     `positions` default to every non-audio position (the paper's text tokens),
     `layers` to all. `engine`: "fast" (exact), "reference" (one forward per cell)
     or "attribution" (gradient estimate). `min_effect`: the smallest
-    m(clean) − m(corrupted) for a well-posed trace (default: the metric's).
+    m(clean) − m(corrupted) for a well-posed trace (default: the metric's). `lora` (models with
+    a LoRA adapter, e.g. Granite Speech): "on" or "off" in every run, "clean" in the clean run
+    only (what the adapter's reading of the clean input restores); None: the model's own rule.
     """
     refuse_moved(moved)
     spec = TraceSpec(model, mode=mode, states=states, layers=layers, positions=positions, window=window,
-                     corruption=corruption, metric=metric, engine=engine, min_effect=min_effect)
+                     corruption=corruption, metric=metric, engine=engine, min_effect=min_effect, lora=lora)
     job, info, engine, base, patched = run_trace(model, spec, clean, answer)
     result = make_result(model, spec, clean, job, info, base, patched, engine)
     warn_if_ill_posed(result.checks, f"the trace of {result.answer!r}")

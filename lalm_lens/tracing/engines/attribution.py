@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lalm_lens.tracing.engines.base import Baseline, TraceJob, restore_index
+from lalm_lens.tracing.engines.base import Baseline, TraceJob, lora_for, restore_index
 from lalm_lens.tracing.engines.reference import ReferenceEngine
 
 
@@ -28,7 +28,7 @@ class AttributionEngine(ReferenceEngine):
             return act
 
         hooks = job.corrupted.hooks() + [("hook_embed", track)] + [(name, keep) for name in names]
-        with torch.enable_grad():
+        with torch.enable_grad(), lora_for(model, job, "corrupted"):
             logits = model.run_with_hooks(job.corrupted.batch(), fwd_hooks=hooks)
             score = job.score(logits[:, job.final]).mean()
             grads = torch.autograd.grad(score, [acts[name] for name in names])

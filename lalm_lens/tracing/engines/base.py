@@ -11,6 +11,7 @@ and the trace falls back to the reference engine.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -33,6 +34,7 @@ class TraceJob:
     final: int  # the answer position
     answer: int  # token id
     score: Callable[[Tensor], Tensor]  # the bound metric: final-position logits [rows, d_vocab] -> [rows]
+    lora: Optional[str] = None  # LoRA adapter: "on"/"off" in every run, "clean" in the clean run only; None: the model's rule
 
     def state_names(self, n_layers: int) -> list[str]:
         return [get_act_name(self.states, layer) for layer in range(n_layers)]
@@ -45,6 +47,13 @@ class Baseline:
     clean_score: float
     corrupted_score: float  # mean over the noise samples
     state: Any = None  # what the engine keeps for `patched`
+
+
+def lora_for(model, job: TraceJob, run: str):
+    """The adapter setting of one run ("clean", or "corrupted" for the corrupted and patched runs) of `job`."""
+    if job.lora is None:
+        return nullcontext()
+    return model.using_lora("on" if job.lora == "on" or (job.lora == "clean" and run == "clean") else "off")
 
 
 def score_of(job: TraceJob, logits: Tensor) -> float:

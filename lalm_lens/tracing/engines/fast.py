@@ -35,7 +35,7 @@ from lalm_lens.components.kv_cache import KVCache, PrefixKV
 from lalm_lens.components.masks import LMContext, additive, allowed_keys
 from lalm_lens.tracing.cells import Cell
 from lalm_lens.tracing.engines.answer_layer import SAFE_STATES, answer_only
-from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, restore_index, score_of
+from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, lora_for, restore_index, score_of
 from lalm_lens.tracing.engines.join import block_output, joins_after, kept_names
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
@@ -115,7 +115,8 @@ class FastEngine(Engine):
         states = job.state_names(L)
         resid = [get_act_name("resid_pre", layer) for layer in range(L)] + [get_act_name("resid_post", L - 1)]
         clean_extra, corr_extra = kept_names(job.states, L)
-        logits, clean_cache = _plain_run(model, job.clean, set(states) | clean_extra | {"hook_audio_embeds"})
+        with lora_for(model, job, "clean"):
+            logits, clean_cache = _plain_run(model, job.clean, set(states) | clean_extra | {"hook_audio_embeds"})
         clean_logits = logits[:, job.final]
         corr = job.corrupted
         kv = KVCache(L)
@@ -126,7 +127,8 @@ class FastEngine(Engine):
             inputs = {k: v for k, v in inputs.items() if k not in ("input_features", "feature_attention_mask")}
             inputs["audio_embeds"] = audio.repeat(corr.n_runs, 1) + corr.noise.reshape(-1, audio.shape[-1]).to(audio.dtype)
             hooks = []
-        logits, corr_cache = _plain_run(model, inputs, set(states) | set(resid) | corr_extra, hooks, kv)
+        with lora_for(model, job, "corrupted"):
+            logits, corr_cache = _plain_run(model, inputs, set(states) | set(resid) | corr_extra, hooks, kv)
         corr_logits = logits[:, job.final]
         first = min(min(c.positions) for c in job.cells)
         clean_ids = job.clean["input_ids"]
@@ -184,7 +186,8 @@ class FastEngine(Engine):
                                  and width(g) >= PAD_SLACK * width(batch[0])):
                     batch.append(g)
                     continue
-            values = run_suffixes(model, jobs, [b.state for b in bases], batch)
+            with lora_for(model, jobs[0], "corrupted"):  # one trace's jobs share their settings
+                values = run_suffixes(model, jobs, [b.state for b in bases], batch)
             for grp, value in zip(batch, values):
                 outs[grp.item][grp.cell] = value
             batch = [g] if g is not None else []

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
-from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, restore_index, score_of
+from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, lora_for, restore_index, score_of
 
 
 def restore_hook(clean_cache, cell):
@@ -35,9 +35,11 @@ class ReferenceEngine(Engine):
     @torch.no_grad()
     def baseline(self, model, job: TraceJob) -> Baseline:
         names = set(job.state_names(model.cfg.n_layers))
-        logits, cache = model.run_with_cache(job.clean, names_filter=lambda name: name in names)
+        with lora_for(model, job, "clean"):
+            logits, cache = model.run_with_cache(job.clean, names_filter=lambda name: name in names)
         clean = logits[:, job.final]
-        corrupted = model.run_with_hooks(job.corrupted.batch(), fwd_hooks=job.corrupted.hooks())[:, job.final]
+        with lora_for(model, job, "corrupted"):
+            corrupted = model.run_with_hooks(job.corrupted.batch(), fwd_hooks=job.corrupted.hooks())[:, job.final]
         return Baseline(clean[0], corrupted, score_of(job, clean), score_of(job, corrupted), state=cache)
 
     @torch.no_grad()
@@ -46,6 +48,7 @@ class ReferenceEngine(Engine):
         out = []
         for cell in job.cells:
             hooks = [(get_act_name(job.states, layer), restore_hook(base.state, cell)) for layer in cell.layers]
-            logits = model.run_with_hooks(batch, fwd_hooks=noise + hooks)
+            with lora_for(model, job, "corrupted"):
+                logits = model.run_with_hooks(batch, fwd_hooks=noise + hooks)
             out.append(score_of(job, logits[:, job.final]))
         return torch.tensor(out, dtype=torch.float64)
