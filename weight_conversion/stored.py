@@ -12,14 +12,16 @@ plus the temporaries of a whole-tensor finiteness check (`torch.isfinite` of a
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Optional
 
 import torch
 from torch import Tensor
 
-SLAB = 1 << 23  # elements read, cast and checked at a time (32 MiB of float32)
+SLAB = 1 << 20  # elements read, cast and checked at a time: 4 MiB of float32, small enough that the
+# allocator reuses one slab's memory for the next (glibc maps larger blocks, then keeps freed ones in its heap)
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,13 @@ class StoredTensor:
     def is_floating_point(self) -> bool:
         return self.dtype.is_floating_point
 
-    def read(self, first: int = 0, count: Optional[int] = None) -> Tensor:
-        """Elements `first .. first + count` of the flattened tensor, in a buffer of their own."""
+    def read(self, first: int = 0, count: Optional[int] = None, f: Optional[BinaryIO] = None) -> Tensor:
+        """Elements `first .. first + count` of the flattened tensor, in a buffer of their own (`f`: the file,
+        already open)."""
         count = self.numel() - first if count is None else count
         size = torch.empty((), dtype=self.dtype).element_size()
         buf = torch.empty(count * size, dtype=torch.uint8)
-        with open(self.path, "rb") as f:
+        with nullcontext(f) if f is not None else open(self.path, "rb") as f:
             f.seek(self.start + first * size)
             if count and f.readinto(buf.numpy()) != count * size:
                 from weight_conversion.base import CheckpointError
@@ -79,13 +82,14 @@ def copy_stored(stored: StoredTensor, view: Tensor, target: Tensor) -> bool:
     d = max(range(view.dim()), key=lambda k: view.stride(k) if view.size(k) > 1 else -1)
     stride = view.stride(d)
     step = max(1, SLAB // max(stride, 1))
-    for i in range(0, view.size(d), step):
-        part = view.narrow(d, i, min(step, view.size(d) - i))
-        chunk = stored.read(part.storage_offset(), _reach(part))
-        out = target.narrow(d, i, part.size(d))
-        out.copy_(torch.as_strided(chunk, part.shape, part.stride()))
-        if out.is_floating_point() and not all_finite(out):
-            return False
+    with open(stored.path, "rb") as f:
+        for i in range(0, view.size(d), step):
+            part = view.narrow(d, i, min(step, view.size(d) - i))
+            chunk = stored.read(part.storage_offset(), _reach(part), f)
+            out = target.narrow(d, i, part.size(d))
+            out.copy_(torch.as_strided(chunk, part.shape, part.stride()))
+            if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+                return False
     return True
 
 

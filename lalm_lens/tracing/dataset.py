@@ -222,8 +222,8 @@ def what_changed(item: Item, record: dict) -> str:
 
 def stale_records(items: list[Item], done: dict[str, dict], source) -> set[str]:
     """Ids of the items whose content differs from their record's (warned about, by id and field)."""
-    changed = {i.id: what_changed(i, done[i.id]) for i in items
-               if i.id in done and done[i.id].get("fingerprint") != i.fingerprint()}
+    changed = {i.id: what_changed(i, done[i.id]) for i in items  # (failed items are retried anyway)
+               if i.id in done and done[i.id]["status"] != "error" and done[i.id].get("fingerprint") != i.fingerprint()}
     if changed:
         shown = "; ".join(f"{k!r} ({v})" for k, v in list(changed.items())[:5])
         warnings.warn(f"{len(changed)} item(s) changed since their records in {source} were written; their old "

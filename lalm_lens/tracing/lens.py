@@ -47,7 +47,7 @@ class LensResult:
         m = self.metric.get("describe", self.metric.get("name"))
         lines = [f"logit lens, answer {self.answer!r} (token {self.answer_token}); {m} at the final position after each "
                  "layer (ln_final, then the unembedding, as the model reads its last layer)",
-                 "clean: " + ", ".join(f"{l}: {v:.3f}" for l, v in zip(self.layers, self.clean))]
+                 "clean: " + ", ".join(f"{l}: {num(v, '.3f')}" for l, v in zip(self.layers, self.clean))]
         if self.corrupted is not None:
             lines.append("corrupted: " + ", ".join(f"{l}: {num(v, '.3f')}" for l, v in zip(self.layers, self.corrupted)))
         first = self.first_top1()
