@@ -9,6 +9,9 @@ import torch
 from lalm_lens.tracing import FastEngine, GaussianNoise, Silence, Swap, WhiteNoise, causal_trace, token_groups
 from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip
 
+# random tiny models: their traces are ill-posed on purpose (tests that expect the warning use pytest.warns)
+pytestmark = pytest.mark.filterwarnings("ignore::lalm_lens.tracing.IllPosedTraceWarning")
+
 STATES = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
 CORRUPTIONS = {"silence": Silence(), "noise": GaussianNoise(n_samples=2, seed=3), "snr": WhiteNoise(snr_db=3.0, seed=3),
                "swap": Swap(clip(2.0, seed=32), sampling_rate=16000)}

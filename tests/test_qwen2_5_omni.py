@@ -230,7 +230,7 @@ def test_full_omni_checkpoint_reads_only_thinker_shards(full_dir, ours, monkeypa
 
     opened = []
     read = base.read_tensors
-    monkeypatch.setattr(base, "read_tensors", lambda path: (opened.append(path.name), read(path))[1])
+    monkeypatch.setattr(base, "read_tensors", lambda path, **kw: (opened.append(path.name), read(path, **kw))[1])
     full = HookedLALM.from_pretrained(full_dir, device="cpu")
     # the audio tower and LM shards only: never the talker/vocoder shard, nor the vision-only one
     assert sorted(opened) == ["model-00001-of-00004.safetensors", "model-00003-of-00004.safetensors"]

@@ -13,6 +13,9 @@ from lalm_lens.tracing import (GaussianNoise, Silence, Swap, TraceResult, WhiteN
                                token_groups, trace_dataset)
 from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip
 
+# random tiny models: their traces are ill-posed on purpose (tests that expect the warning use pytest.warns)
+pytestmark = pytest.mark.filterwarnings("ignore::lalm_lens.tracing.IllPosedTraceWarning")
+
 OPTIONS = ["male", "female"]
 
 

@@ -6,9 +6,11 @@ tensor of every shard once, maps it, checks its shape and copies it into the
 model, then fails on any checkpoint key no rule maps and on any parameter no
 key filled (except those the family declares absent, kept at zero).
 
-Tensors are read with plain file reads, one at a time, rather than through a
-memory map: a mapped shard counts towards resident memory until it is closed,
-which would double the peak for a single-file checkpoint.
+Tensors are read with plain file reads rather than through a memory map (a
+mapped shard counts towards resident memory until it is closed). While loading,
+each tensor is read, cast and checked one slab at a time straight into its
+parameter (`stored.py`), so the peak stays near one copy of the weights in the
+target dtype.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
+
+from weight_conversion.stored import StoredTensor, all_finite, copy_stored, is_view_of
 
 Transform = Callable[[Tensor, Tensor], Tensor]  # (checkpoint tensor, our parameter) -> tensor
 
@@ -142,9 +146,18 @@ def safetensors_header(path: Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
-def read_safetensors(path: Path) -> Iterator[tuple[str, Tensor]]:
-    """Yield `(key, tensor)` for one file, each tensor in its own buffer."""
+def read_safetensors(path: Path, lazy: bool = False) -> Iterator[tuple[str, Tensor]]:
+    """Yield `(key, tensor)` for one file, each tensor in its own buffer (`lazy`: a `StoredTensor`,
+    read when it is copied)."""
     header, start = safetensors_header(path)
+    if lazy:
+        size = Path(path).stat().st_size
+        for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if start + info["data_offsets"][1] > size:
+                raise CheckpointError(f"{Path(path).name} is truncated (tensor {key})")
+            yield key, StoredTensor(Path(path), start + info["data_offsets"][0], tuple(info["shape"]),
+                                    _DTYPES[info["dtype"]])
+        return
     with open(path, "rb") as f:
         for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             begin, end = info["data_offsets"]
@@ -157,10 +170,11 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, Tensor]]:
             yield key, tensor.view(info["shape"])
 
 
-def read_tensors(path: Path) -> Iterator[tuple[str, Tensor]]:
-    """`(key, tensor)` pairs of a safetensors file, or of a torch state-dict file (`.pth`/`.bin`)."""
+def read_tensors(path: Path, lazy: bool = False) -> Iterator[tuple[str, Tensor]]:
+    """`(key, tensor)` pairs of a safetensors file (`StoredTensor`s with `lazy`), or of a torch
+    state-dict file (`.pth`/`.bin`)."""
     if path.suffix == ".safetensors":
-        yield from read_safetensors(path)
+        yield from read_safetensors(path, lazy)
         return
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -179,9 +193,9 @@ class WeightSource:
 
 
 def stream(source: WeightSource) -> Iterator[tuple[str, Tensor, str]]:
-    """`(key, tensor, file name)` for every tensor of a source."""
+    """`(key, tensor, file name)` for every tensor of a source (safetensors ones as `StoredTensor`s)."""
     for path in source.files:
-        for key, tensor in read_tensors(Path(path)):
+        for key, tensor in read_tensors(Path(path), lazy=True):
             yield key, tensor, Path(path).name
 
 
@@ -246,8 +260,10 @@ def load_checkpoint(
             if targets[0].is_floating_point() and not (tensor.is_floating_point() or tensor.is_meta):
                 raise CheckpointError(f"{what}: {file} holds {key!r} as {tensor.dtype}; {names[0]} is a floating-point "
                                       "weight (the file is corrupt or not this model's checkpoint)")
+            stored = tensor if isinstance(tensor, StoredTensor) else None
+            source = torch.empty(stored.shape, dtype=stored.dtype, device="meta") if stored else tensor
             try:
-                values = found[1](tensor, targets if len(targets) > 1 else targets[0])
+                values = found[1](source, targets if len(targets) > 1 else targets[0])
             except RuntimeError as err:
                 raise CheckpointError(
                     f"{what} key {key!r} has shape {tuple(tensor.shape)}, which does not fit "
@@ -258,11 +274,20 @@ def load_checkpoint(
                     raise CheckpointError(
                         f"{what} key {key!r} has shape {tuple(tensor.shape)}; {name} needs {tuple(target.shape)}"
                     )
-                if not target.is_meta:
-                    target.copy_(value)
-                    if target.is_floating_point() and not bool(torch.isfinite(target).all()):
-                        raise CheckpointError(f"{what}: {file} holds NaN or infinite values in {key!r} ({name})")
                 filled.add(name)
+            if any(t.is_meta for t in targets):
+                continue
+            if stored is not None and len(targets) == 1 and is_view_of(values, source):
+                finite = copy_stored(stored, values, targets[0])  # slab by slab: no second copy
+            else:  # a fused key, or a transform that copies: the whole tensor, read once
+                if stored is not None:
+                    values = found[1](stored.load(), targets if len(targets) > 1 else targets[0])
+                finite = True
+                for target, value in zip(targets, values if len(targets) > 1 else (values,)):
+                    target.copy_(value)
+                    finite = finite and (not target.is_floating_point() or all_finite(target))
+            if not finite:
+                raise CheckpointError(f"{what}: {file} holds NaN or infinite values in {key!r} ({', '.join(names)})")
     if unmapped:
         shown = ", ".join(unmapped[:8]) + (f" and {len(unmapped) - 8} more" if len(unmapped) > 8 else "")
         raise CheckpointError(f"{what} has {len(unmapped)} key(s) this converter does not know: {shown}")

@@ -210,6 +210,8 @@ def cmd_trace_dataset(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-items must be a positive integer or 'auto', got {args.batch_items!r}")
     if not Path(args.items).is_file():
         raise CLIError(f"--items {args.items}: no such file")
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be a whole number of items >= 1, got {args.limit}")
     items = as_items(args.items)[: args.limit]
     if not items:
         raise CLIError(f"--items {args.items}: no usable item")

@@ -81,6 +81,12 @@ def run_checks(model, clean_logits: Tensor, corrupted_logits: Tensor, answer: in
     ))
 
 
+def no_audio(corruption: str) -> str:
+    """The message for an audio corruption given an input prepared without audio (nothing to trace)."""
+    return (f"this input has no audio to corrupt ({corruption} replaces or perturbs the audio): prepare it with "
+            "audio (model.prepare(audio, prompt)) to trace how the audio reaches the answer")
+
+
 def warn_if_ill_posed(checks: Checks, what: str = "this trace") -> None:
     if not checks.ok:
         warnings.warn(f"{what} is {checks.describe()}", IllPosedTraceWarning, stacklevel=3)

@@ -9,8 +9,11 @@ and question (stable when lines are inserted); duplicate ids are refused.
 
 Results are appended to `out` as they come, behind a header that holds the
 settings (`records.py`): a rerun with the same settings resumes (failed items
-are retried), one with other settings is refused, and a second run on the same
-file waits for no one — it is refused by the lock. Items that fail a check
+are retried, and items whose content — audio bytes, question, options, answer,
+answer prefix — changed since their record was written are traced again, with a
+warning naming them), one with other settings is refused, and a second run on
+the same file waits for no one — it is refused by the lock. The file ends with
+one record per id. Items that fail a check
 (clean top-1 not the answer, corrupted top-1 still the answer, too small an
 effect) are dropped and counted, as the paper does (`filter=None` keeps them,
 flagged). The settings are checked once, before the first item.
@@ -27,7 +30,8 @@ from typing import Any, Iterable, Optional, Union
 
 
 from lalm_lens.tracing.checks import run_checks
-from lalm_lens.tracing.records import RecordsWriter, merge, rank_file, rank_files, read_all
+from lalm_lens.tracing.content import item_fingerprint
+from lalm_lens.tracing.records import RecordsWriter, merge, rank_file, rank_files, read_all, superseded
 from lalm_lens.tracing.dataset_result import DatasetResult, bootstrap_ci  # noqa: F401  (re-exported)
 from lalm_lens.tracing.trace import TraceSpec, make_result, pick_engine, prepare_job, refuse_moved
 
@@ -44,6 +48,10 @@ class Item:
     options: Optional[list[str]] = None
     answer_prefix: Optional[str] = None
     meta: dict = field(default_factory=dict)  # other fields of the item (kept in the records)
+
+    def fingerprint(self) -> str:
+        """The hash of this item's content (`content.item_fingerprint`)."""
+        return item_fingerprint(self.audio, self.question, self.options, self.answer, self.answer_prefix)
 
 
 def stable_id(audio: str, question: str) -> str:
@@ -100,7 +108,7 @@ def as_items(items) -> list[Item]:
 
 def item_record(item: Item) -> dict[str, Any]:
     record = dict(id=item.id, audio=str(item.audio), question=item.question, options=item.options,
-                  answer=item.answer, answer_prefix=item.answer_prefix)
+                  answer=item.answer, answer_prefix=item.answer_prefix, fingerprint=item.fingerprint())
     return {**record, **{k: v for k, v in item.meta.items() if k not in record}}
 
 
@@ -194,6 +202,36 @@ def items_per_call(spec: TraceSpec, batch_items, work: Optional[int] = None) -> 
     return batch_items
 
 
+def check_limit(limit) -> Optional[int]:
+    """`limit`: None (every item) or a whole number of items >= 1."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not hasattr(limit, "__index__") or int(limit.__index__()) < 1:
+        raise ValueError(f"limit must be a whole number of items >= 1 (or None for every item), got {limit!r}")
+    return int(limit.__index__())
+
+
+def what_changed(item: Item, record: dict) -> str:
+    """Which of an item's fields differ from the record it was traced into (the audio when none does)."""
+    if "fingerprint" not in record:
+        return "its record has no content fingerprint (an older lalm-lens wrote it)"
+    fields = [f"{k} {record.get(k)!r} -> {getattr(item, k)!r}" for k in ("question", "options", "answer", "answer_prefix")
+              if record.get(k) != getattr(item, k)]
+    return ", ".join(fields) or "its audio's content"
+
+
+def stale_records(items: list[Item], done: dict[str, dict], source) -> set[str]:
+    """Ids of the items whose content differs from their record's (warned about, by id and field)."""
+    changed = {i.id: what_changed(i, done[i.id]) for i in items  # (failed items are retried anyway)
+               if i.id in done and done[i.id]["status"] != "error" and done[i.id].get("fingerprint") != i.fingerprint()}
+    if changed:
+        shown = "; ".join(f"{k!r} ({v})" for k, v in list(changed.items())[:5])
+        warnings.warn(f"{len(changed)} item(s) changed since their records in {source} were written; their old "
+                      f"records are replaced and they are traced again: {shown}"
+                      f"{' ...' if len(changed) > 5 else ''}", stacklevel=3)
+    return set(changed)
+
+
 def trace_dataset(
     model,
     items: Union[str, Path, Iterable[Item], Iterable[dict]],
@@ -231,7 +269,7 @@ def trace_dataset(
     spec = TraceSpec(model, mode=mode, states=states, layers=layers, positions=positions, window=window,
                      corruption=corruption, metric=metric, engine=engine, min_effect=min_effect)
     items_per_call(spec, batch_items)  # checks the argument
-    items = as_items(items)[:limit]
+    items = as_items(items)[: check_limit(limit)]
     settings = dict(spec.settings(), model=getattr(model, "name_or_path", None), dtype=str(model.cfg.dtype),
                     filter=None if filter is None else "checks")
     dist = distributed.setup(model.device)
@@ -242,7 +280,9 @@ def trace_dataset(
     dist.barrier()
     done = read_all(out, settings) if out is not None else {}
     dist.barrier()  # everyone has read what was done before anyone writes
-    todo = [i for i in dist.share(items) if i.id not in done or done[i.id]["status"] == "error"]
+    mine = dist.share(items)
+    changed = stale_records(mine, done, out)
+    todo = [i for i in mine if i.id not in done or done[i.id]["status"] == "error" or i.id in changed]
     records: dict[str, dict] = dict(done)
 
     def run(write) -> None:
@@ -271,8 +311,8 @@ def trace_dataset(
         with RecordsWriter(target, settings, overwrite=False) as writer:
             run(writer.write)
         dist.barrier()
-        if dist.main and (dist.active or rank_files(out)):
-            merge(out, settings)
+        if dist.main and (dist.active or rank_files(out) or superseded(out)):
+            merge(out, settings)  # one record per id: retried and redone items' old lines go
         dist.barrier()
         records = read_all(out, settings)
     wanted = [records[i.id] for i in items if i.id in records]

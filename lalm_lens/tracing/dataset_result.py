@@ -10,6 +10,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from lalm_lens.pages import Viewable
+from lalm_lens.tracing.numbers import num
 from lalm_lens.tracing.results import FLAT, describe_curve, first_reaching
 
 
@@ -26,15 +27,11 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: f
     return mean, np.nanquantile(boots, alpha, axis=0), np.nanquantile(boots, 1 - alpha, axis=0)
 
 
-def _num(x: float) -> str:
-    return f"{x:.2f}".replace("-0.00", "0.00")
-
-
 def _ci(mean, lo, hi, best, n: int = 2) -> str:
     """The peak's 95% CI, or nothing for a flat curve (whose "peak" means nothing) or a single item."""
     if n < 2 or np.nanmax(mean) - np.nanmin(mean) < FLAT:
         return ""
-    return f" (95% CI at that layer {_num(lo[best])} to {_num(hi[best])})"
+    return f" (95% CI at that layer {num(lo[best])} to {num(hi[best])})"
 
 
 @dataclass

@@ -13,11 +13,13 @@ every position is unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import math
+import os
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -25,6 +27,8 @@ import torch
 from torch import Tensor
 
 from lalm_lens.inputs.audio import load_waveform
+from lalm_lens.tracing.checks import no_audio
+from lalm_lens.tracing.content import audio_sha1
 
 
 @dataclass
@@ -73,6 +77,8 @@ class Corruption(ABC):
 
 
 def _waveform(clean, what: str) -> np.ndarray:
+    if hasattr(clean, "prepare_kwargs") and getattr(clean, "waveform", None) is None:
+        raise ValueError(no_audio(what))
     if getattr(clean, "waveform", None) is None or not hasattr(clean, "prepare_kwargs"):
         raise ValueError(
             f"{what} rebuilds the input from its waveform: pass a PreparedInput from model.prepare(...) as `clean`, "
@@ -115,7 +121,7 @@ class GaussianNoise(Corruption):
                                            else clean["feature_attention_mask"].to(model.device),
                                            clean["input_ids"].to(model.device))  # which clip each window is
         if audio is None or audio.numel() == 0:
-            raise ValueError("GaussianNoise needs audio in the clean input")
+            raise ValueError(no_audio("GaussianNoise()"))
         sigma = audio.float().std().item()
         gen = torch.Generator().manual_seed(self.seed)
         noise = torch.randn((self.n_samples, *audio.shape), generator=gen) * (self.scale * sigma)
@@ -155,23 +161,32 @@ class WhiteNoise(Corruption):
 
 @dataclass(frozen=True)
 class Swap(Corruption):
-    """Another clip (a path or array), trimmed or zero-padded to the clean clip's length."""
+    """Another clip (a path or array), trimmed or zero-padded to the clean clip's length. Its settings
+    hold the clip's content hash (the same in every process), not its path or the Python object."""
 
     audio: Any
     sampling_rate: Optional[int] = None
 
+    def is_file(self) -> bool:
+        return isinstance(self.audio, (str, os.PathLike))
+
+    def check(self) -> None:
+        if self.is_file() and not Path(self.audio).is_file():
+            raise ValueError(f"Swap(audio=...): audio file not found: {self.audio}")
+        if not self.is_file() and self.sampling_rate is None:
+            warnings.warn("Swap(audio) got an array without sampling_rate; assuming it is at the model's rate "
+                          "(pass Swap(audio, sampling_rate=...) to have it resampled)", stacklevel=3)
+
     def apply(self, model, clean) -> CorruptedRun:
         wave = _waveform(clean, "Swap()")
-        rate = self.sampling_rate if self.sampling_rate is not None or isinstance(self.audio, str) else clean.sampling_rate
+        rate = self.sampling_rate if self.sampling_rate is not None or self.is_file() else clean.sampling_rate
         other = load_waveform(self.audio, rate, clean.sampling_rate)
         fitted = other[: len(wave)] if len(other) >= len(wave) else np.pad(other, (0, len(wave) - len(other)))
         return CorruptedRun(model.prepare_like(clean, fitted), description="another clip, trimmed/padded to the same length")
 
     def to_dict(self) -> dict[str, Any]:
-        if isinstance(self.audio, str):
-            return {"kind": "Swap", "audio": self.audio}
-        data = np.asarray(self.audio.detach().cpu().float() if isinstance(self.audio, Tensor) else self.audio)
-        return {"kind": "Swap", "audio_sha1": hashlib.sha1(np.ascontiguousarray(data).tobytes()).hexdigest()}
+        out = {"kind": "Swap", "audio_sha1": audio_sha1(self.audio)}
+        return out if self.is_file() or self.sampling_rate is None else dict(out, sampling_rate=self.sampling_rate)
 
 
 @dataclass(frozen=True)

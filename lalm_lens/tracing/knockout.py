@@ -17,6 +17,7 @@ from transformer_lens.utilities import get_act_name
 from lalm_lens.pages import Viewable
 from lalm_lens.tracing.cells import check_indices, check_window
 from lalm_lens.tracing.groups import final_position
+from lalm_lens.tracing.numbers import num
 from lalm_lens.tracing.trace import answer_token, input_groups
 
 Selector = Union[str, Sequence[str], Sequence[int]]
@@ -54,9 +55,9 @@ class KnockoutResult(Viewable):
         best = int(drop.argmax())
         lines = [f"answer {self.answer!r}: P(clean) = {self.p_clean:.4f}; attention {self.describe_edges()} cut in "
                  f"{self.window} layer(s) from each start layer; drop = (P_clean − P_knocked) / P_clean",
-                 f"largest drop {drop[best]:.2f} from layer {self.layers[best]}"
+                 f"largest drop {num(drop[best])} from layer {self.layers[best]}"
                  + ("" if drop.max() - drop.min() >= 0.05 else " (flat: every window within 0.05)"),
-                 "drop by start layer: " + ", ".join(f"{l}: {d:.2f}" for l, d in zip(self.layers, drop))]
+                 "drop by start layer: " + ", ".join(f"{l}: {num(d)}" for l, d in zip(self.layers, drop))]
         return "\n".join(lines)
 
     def plot(self, ax=None, title: Optional[str] = None):

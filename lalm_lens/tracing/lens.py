@@ -20,6 +20,7 @@ import torch
 from transformer_lens.utilities import get_act_name
 
 from lalm_lens.pages import Viewable
+from lalm_lens.tracing.numbers import json_floats, num, to_float, to_floats
 
 SCHEMA = 2
 
@@ -47,17 +48,17 @@ class LensResult(Viewable):
         m = self.metric.get("describe", self.metric.get("name"))
         lines = [f"logit lens, answer {self.answer!r} (token {self.answer_token}); {m} at the final position after each "
                  "layer (ln_final, then the unembedding, as the model reads its last layer)",
-                 "clean: " + ", ".join(f"{l}: {v:.3f}" for l, v in zip(self.layers, self.clean))]
+                 "clean: " + ", ".join(f"{l}: {num(v, '.3f')}" for l, v in zip(self.layers, self.clean))]
         if self.corrupted is not None:
-            lines.append("corrupted: " + ", ".join(f"{l}: {v:.3f}" for l, v in zip(self.layers, self.corrupted)))
+            lines.append("corrupted: " + ", ".join(f"{l}: {num(v, '.3f')}" for l, v in zip(self.layers, self.corrupted)))
         first = self.first_top1()
         lines.append(f"the answer is the top-1 token from layer {first}" if first is not None else
                      "the answer is never the top-1 token at the final position")
-        lines.append("top tokens (clean), last layer: " + ", ".join(f"{t!r} {p:.2f}" for t, p, _ in self.clean_top[-1]))
+        lines.append("top tokens (clean), last layer: " + ", ".join(f"{t!r} {num(p)}" for t, p, _ in self.clean_top[-1]))
         if self.audio_positions:
             rank = np.asarray(self.audio_rank)
             l, j = np.unravel_index(int(rank.argmin()), rank.shape)
-            when = f" ({self.audio_seconds[j]:.2f} s)" if self.audio_seconds else ""
+            when = f" ({num(self.audio_seconds[j])} s)" if self.audio_seconds else ""
             lines.append(f"over the {len(self.audio_positions)} audio positions: the answer's best rank is "
                          f"{int(rank[l, j])} at position {self.audio_positions[j]}{when}, layer {self.layers[l]}; "
                          f"median rank by layer: " + ", ".join(f"{x}: {int(v)}" for x, v in
@@ -72,20 +73,38 @@ class LensResult(Viewable):
         if path.suffix != ".json":
             raise ValueError(f"cannot save a logit lens as {path.suffix or 'a file without extension'!r}: use .json")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False))
+        path.write_text(json.dumps(json_floats(self.to_json()), indent=1, allow_nan=False))
         return path
 
     @classmethod
     def load(cls, path) -> "LensResult":
+        """A logit lens saved with `save` (`.json`); any other file is refused, saying what it holds."""
+        path = Path(path)
+        raw = path.read_bytes()
+        if raw[:2] == b"PK":  # a zip file: a NumPy archive (`.npz`) of another result kind
+            raise ValueError(f"{path} is a NumPy archive, not a logit lens (a logit lens is saved as .json by "
+                             "LensResult.save); load trace results with TraceResult.load")
         try:
-            d = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is truncated or not JSON ({err})") from None
-        if d.get("kind") != "logit_lens" or d.get("schema", 0) > SCHEMA:
-            raise ValueError(f"{path} is not a logit lens this lalm-lens reads (kind {d.get('kind')!r}, "
-                             f"schema {d.get('schema')})")
+            d = json.loads(raw.decode())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is truncated or not JSON ({err}); a logit lens is the .json that "
+                             "LensResult.save wrote") from None
+        if not isinstance(d, dict) or d.get("kind") != "logit_lens" or d.get("schema", 0) > SCHEMA:
+            kind, schema = (d.get("kind"), d.get("schema")) if isinstance(d, dict) else (None, None)
+            raise ValueError(f"{path} is not a logit lens this lalm-lens reads (kind {kind!r}, schema {schema}); "
+                             + ("load it with TraceResult.load" if kind not in (None, "logit_lens")
+                                else "pass the lens.json that LensResult.save wrote"))
         d.pop("kind"), d.pop("schema")
-        result = cls(**d)
+        d["clean"] = to_floats(d["clean"])
+        if d.get("corrupted") is not None:
+            d["corrupted"] = to_floats(d["corrupted"])
+        for key in ("clean_top", "corrupted_top"):
+            if d.get(key) is not None:
+                d[key] = [[[t, to_float(p), i] for t, p, i in row] for row in d[key]]
+        try:
+            result = cls(**d)
+        except TypeError as err:
+            raise ValueError(f"{path} is not a valid logit lens: {err}") from None
         if len(result.clean) != len(result.layers) or len(result.audio_rank) != len(result.layers):
             raise ValueError(f"{path}: per-layer arrays do not match the {len(result.layers)} layers")
         return result

@@ -14,6 +14,7 @@ built-ins ("answer_prob", "logit_diff", "option_prob").
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
@@ -106,14 +107,34 @@ class LogitDiff(Metric):
     name = "logit_diff"
     min_effect = 1.0
 
+    def __post_init__(self):
+        foils = [self.foil] if isinstance(self.foil, (str, int)) else list(self.foil or [])
+        if self.answer is not None and foils and all(f == self.answer for f in foils):
+            raise ValueError(f"logit_diff(foil={self.foil!r}): the foil is the answer, so logit(answer) − "
+                             "logit(foil) is 0 in every run; pass a foil other than the answer")
+
     def bind(self, model, inp, answer: int) -> Score:
         target = answer if self.answer is None else token_id(model, inp, self.answer)
         if self.foil is None:
             foils = [t for t in (token_id(model, inp, o, "option") for o in _item_options(inp, "logit_diff()")) if t != target]
+            if not foils:
+                raise ValueError("logit_diff needs at least one foil token other than the answer; the item's options "
+                                 "are all the answer's token: pass logit_diff(foil=...)")
         else:
-            foils = [token_id(model, inp, f, "foil") for f in ([self.foil] if isinstance(self.foil, (str, int)) else self.foil)]
-        if not foils:
-            raise ValueError("logit_diff needs at least one foil token other than the answer")
+            given = [self.foil] if isinstance(self.foil, (str, int)) else list(self.foil)
+            ids = [token_id(model, inp, f, "foil") for f in given]
+            foils = list(dict.fromkeys(t for t in ids if t != target))
+            same = [f for f, t in zip(given, ids) if t == target]
+            if not foils:
+                raise ValueError(f"logit_diff(foil={self.foil!r}): the foil is the answer (token {target}), so "
+                                 "logit(answer) − logit(foil) is 0 in every run; pass a foil other than the answer")
+            if same:
+                warnings.warn(f"logit_diff(foil={self.foil!r}): the foils include the answer ({same[0]!r}, token "
+                              f"{target}); it is dropped from the foils (averaging it in would shrink the metric)",
+                              stacklevel=2)
+            if len(foils) < len(ids) - len(same):
+                raise ValueError(f"logit_diff(foil={self.foil!r}): two foils are the same token; each foil must be "
+                                 "a distinct token")
         idx = torch.tensor(foils)
         return lambda logits: logits[:, target].float() - logits[:, idx.to(logits.device)].float().mean(-1)
 
@@ -133,9 +154,20 @@ class OptionProb(Metric):
     probability = True
     min_effect = 0.1
 
+    def __post_init__(self):
+        if self.options is not None and len(set(map(str, self.options))) < len(self.options):
+            raise ValueError(f"option_prob(options={list(self.options)}): an option is listed twice; each option "
+                             "must be a distinct token")
+
     def bind(self, model, inp, answer: int) -> Score:
         options = list(self.options) if self.options is not None else _item_options(inp, "option_prob()")
         ids = [token_id(model, inp, o, "option") for o in options]
+        twice = [(a, b) for i, (a, x) in enumerate(zip(options, ids)) for b, y in zip(options[i + 1:], ids[i + 1:])
+                 if x == y]
+        if twice:
+            a, b = twice[0]
+            raise ValueError(f"option_prob: the options {a!r} and {b!r} are the same token ({ids[options.index(a)]}); "
+                             f"each option must be a distinct token (options {options})")
         if answer not in ids:
             raise ValueError(f"the answer (token {answer}) is not one of the options {options}")
         at, idx = ids.index(answer), torch.tensor(ids)

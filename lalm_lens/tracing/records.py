@@ -109,15 +109,22 @@ def rank_files(out: Path) -> list[Path]:
 
 def read_all(out: Path, settings: dict) -> dict[str, dict]:
     """Every record of a run so far — the merged file and any rank's — by id, settings checked.
-    A later success replaces an earlier error (a retried item)."""
+    The last record of an id wins: a retried item's, or a changed item's new one (rank files are newer
+    than the merged file, and lines are in the order they were written)."""
     done: dict[str, dict] = {}
     for path in [out] + rank_files(out):
         header, records = read_records(path, repair=False)
         check_header(path, header, settings, bool(records))
         for record in records:
-            if record["id"] not in done or done[record["id"]]["status"] == "error":
-                done[record["id"]] = record
+            done.pop(record["id"], None)  # re-inserted last: the merged file keeps the order of writing
+            done[record["id"]] = record
     return done
+
+
+def superseded(path: Path) -> bool:
+    """Whether a records file holds more than one record for an id (a retried or redone item)."""
+    _, records = read_records(path, repair=False)
+    return len({r["id"] for r in records}) < len(records)
 
 
 def merge(out: Path, settings: dict) -> None:

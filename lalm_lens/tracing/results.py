@@ -4,8 +4,9 @@
 - `TokenTrace`: `patched[layer, column]`, one position restored per cell.
 Scores are the trace's metric (P(answer) by default): `clean`, `corrupted`,
 `patched`; `recovery` = (patched − corrupted) / (clean − corrupted). `checks`
-says whether the trace is well posed. Files are JSON (NaN saved as null) or
-NumPy archives, with a schema version; CSV writes the long table.
+says whether the trace is well posed. Files are JSON (NaN saved as null, ±inf as
+"inf"/"-inf", read back as they were) or NumPy archives, with a schema version;
+CSV writes the long table. Printed numbers never read "-0.00" (`numbers.num`).
 """
 
 from __future__ import annotations
@@ -22,22 +23,11 @@ from torch import Tensor
 
 from lalm_lens.pages import Viewable
 from lalm_lens.tracing.checks import Checks
+from lalm_lens.tracing.numbers import json_floats, num, to_float, to_floats
 
 SCHEMA = 2
 FLAT = 0.05  # a curve whose RR varies less than this has no peak worth naming
 RR_DEFINITION = "RR = (m_patched − m_corrupted) / (m_clean − m_corrupted)"
-
-
-def _nan_to_none(x):
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
-def _none_to_nan(x):
-    if isinstance(x, list):
-        return [_none_to_nan(v) for v in x]
-    return float("nan") if x is None else x
 
 
 def recovery_of(patched: Tensor, clean: float, corrupted: float) -> Tensor:
@@ -127,7 +117,11 @@ class TraceResult(Viewable):
             raise ValueError(f"{source}: unknown result kind {kind!r} (known: {sorted(RESULT_TYPES)})")
         for key in ("recovery", "ill_posed", "schema"):
             d.pop(key, None)
-        d["patched"] = torch.tensor(_none_to_nan(d["patched"]), dtype=torch.float64)
+        try:
+            d["clean"], d["corrupted"] = to_float(d["clean"]), to_float(d["corrupted"])
+            d["patched"] = torch.tensor(to_floats(d["patched"]), dtype=torch.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: the scores are not numbers ({err})") from None
         d["groups"] = {int(k): v for k, v in d["groups"].items()}
         d["checks"] = Checks.from_json(d.get("checks", []))
         try:
@@ -161,9 +155,9 @@ class TraceResult(Viewable):
         elif path.suffix == ".npz":
             meta = self.to_json()
             arrays = {"patched": np.asarray(meta.pop("patched")), "recovery": np.asarray(meta.pop("recovery"))}
-            np.savez(path, meta=json.dumps(_nan_to_none(_clean_floats(meta)), allow_nan=False), **arrays)
+            np.savez(path, meta=json.dumps(json_floats(meta), allow_nan=False), **arrays)
         else:
-            path.write_text(json.dumps(_clean_floats(self.to_json()), indent=1, allow_nan=False))
+            path.write_text(json.dumps(json_floats(self.to_json()), indent=1, allow_nan=False))
         return path
 
     @staticmethod
@@ -180,7 +174,7 @@ class TraceResult(Viewable):
             return TraceResult.from_json(meta, str(path))
         try:
             d = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is truncated or not JSON ({err})") from None
         return TraceResult.from_json(d, str(path))
 
@@ -190,7 +184,7 @@ class TraceResult(Viewable):
         m = "P" if self.metric.get("name") == "answer_prob" else "m"
         lines = [
             f"answer {self.answer!r} (token {self.answer_token}); metric m = {what} at the final position",
-            f"{m}(clean) = {self.clean:.4f}, {m}(corrupted) = {self.corrupted:.4f} "
+            f"{m}(clean) = {num(self.clean, '.4f')}, {m}(corrupted) = {num(self.corrupted, '.4f')} "
             f"[{self.settings.get('corruption', '')}]; {RR_DEFINITION}",
         ]
         if self.ill_posed:
@@ -256,10 +250,16 @@ def describe_curve(values, layers, axis: str = "layer") -> str:
         return "RR undefined (clean and corrupted scores are equal)"
     lo, hi = np.nanmin(values), np.nanmax(values)
     if hi - lo < FLAT:
-        return f"flat: RR between {lo:.2f} and {hi:.2f} at every {axis}".replace("-0.00", "0.00")
-    top = [l for l, v in zip(layers, values) if np.isfinite(v) and v >= hi - 1e-3]
+        return f"flat: RR between {num(lo)} and {num(hi)} at every {axis}"
+    top = [l for l, v in zip(layers, values) if not np.isnan(v) and v >= hi - 1e-3]
     where = f"{axis} {top[0]}" if len(top) == 1 else f"{axis}s {', '.join(map(str, top))} (tied)"
-    return f"max RR {hi:.2f} at {where}"
+    return f"max RR {num(hi)} at {where}"
+
+
+def group_max(values: Tensor) -> float:
+    """The largest value that is not NaN (NaN when there is none)."""
+    values = values[~values.isnan()]
+    return float(values.max()) if values.numel() else math.nan
 
 
 def first_reaching(values, layers, level: float = 0.5):
@@ -286,7 +286,7 @@ class LayerTrace(TraceResult):
         lines.append(f"restoring {self.restored()} of {len(self.positions)} positions at each layer: "
                      f"{describe_curve(rec, self.layers)}; first layer with RR >= 0.5: "
                      f"{first_reaching(rec, self.layers)}")
-        lines.append("RR by layer: " + ", ".join(f"{l}: {v:.2f}" for l, v in zip(self.layers, rec)))
+        lines.append("RR by layer: " + ", ".join(f"{l}: {num(v)}" for l, v in zip(self.layers, rec)))
         return "\n".join(lines)
 
     def numbers(self) -> dict[str, Any]:
@@ -341,8 +341,8 @@ class TokenTrace(TraceResult):
             a, b = divmod(flat, rec.shape[1])
             pos = self.positions[b]
             lines.append(f"restoring {self.restored()} one position at a time: best cell layer {self.layers[a]}, "
-                         f"position {self.position_label(pos)} ({self.groups[pos]}), RR {rec[a, b]:.2f}")
-            lines.append("max RR per group: " + ", ".join(f"{g} {float(v.nan_to_num(-1e9).max()):.2f}"
+                         f"position {self.position_label(pos)} ({self.groups[pos]}), RR {num(rec[a, b])}")
+            lines.append("max RR per group: " + ", ".join(f"{g} {num(group_max(v))}"
                                                           for g, v in self.group_recovery().items()))
         else:
             lines.append("RR undefined (clean and corrupted scores are equal)")
@@ -356,7 +356,7 @@ class TokenTrace(TraceResult):
             pos = self.positions[b]
             out["best"] = dict(layer=self.layers[a], position=pos, token=self.token_labels[b], group=self.groups[pos],
                                recovery=float(rec[a, b]))
-            out["group_max"] = {g: float(v.nan_to_num(-1e9).max()) for g, v in self.group_recovery().items()}
+            out["group_max"] = {g: group_max(v) for g, v in self.group_recovery().items()}
         return out
 
     def plot(self, ax=None, value: str = "recovery", title: Optional[str] = None, hide_template: bool = False):
