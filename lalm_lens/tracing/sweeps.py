@@ -171,7 +171,7 @@ class HeadTrace(TraceResult):
         where = self.settings.get("head_positions")
         lines = self.header()
         lines.append(f"restoring one head's z at {where} position(s): top heads (layer.head RR) "
-                     + ", ".join(f"{l}.{h} {r:.2f}" for l, h, r in self.top_heads()))
+                     + ", ".join(f"{l}.{h} {_num(r)}" for l, h, r in self.top_heads()))
         att = np.array(self.attention_clean)
         a, h = divmod(int(att.argmax()), att.shape[1])
         lines.append(f"most attention from the final position to the audio (clean): head {self.layers[a]}.{h} "
