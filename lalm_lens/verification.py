@@ -88,7 +88,7 @@ class _OurStates:
     lm: list  # the residual entering each layer, then the final norm's output
     encoder: list  # each encoder block's output
     audio_embeds: Optional[torch.Tensor]
-    encoder_valid: int  # encoder positions both sides compute from real audio
+    encoder_valid: Optional[int]  # encoder positions both sides compute from real audio (None: all)
 
 
 def _our_states(model, inp) -> _OurStates:
@@ -159,7 +159,8 @@ def verify(
     n, valid = len(ours.lm) - 1, ours.encoder_valid
     lm = [_diff(ours.lm[i], out.hidden_states[i]) for i in range(n + 1)]
     encoder = [  # positions both computed (Voxtral Realtime's original encodes only the steps its prompt hears)
-        _diff(mine[:, :min(valid, h.shape[1])], h[:, :valid]) for mine, h in zip(ours.encoder, enc_outputs)
+        _diff(mine[:, :h.shape[1] if valid is None else min(valid, h.shape[1])], h[:, :valid])
+        for mine, h in zip(ours.encoder, enc_outputs)
     ]
     audio_diff = None
     if getattr(out, "audio_embeds", None) is not None:

@@ -8,7 +8,6 @@ import soundfile
 
 from lalm_lens import HookedLALM
 from lalm_lens.cli import build_parser, main
-from lalm_lens.tracing import IllPosedTraceWarning
 from tests.tiny_models import clip
 
 
@@ -85,14 +84,13 @@ def test_every_flag_has_help_and_shows_its_default():
 
 def test_ill_posed_traces_exit_non_zero_unless_allowed(tmp_path, capsys):
     args = ["trace", "--corruption", "noise", "--mode", "layers", "--device", "cpu"]
-    with pytest.warns(IllPosedTraceWarning, match="ill-posed: the corrupted run still predicts the answer"):
-        assert main(args + ["--out", str(tmp_path / "a")]) == 1
+    assert main(args + ["--out", str(tmp_path / "a")]) == 1  # the summary says it once, as its WARNING line
     captured = capsys.readouterr()
     assert "WARNING ill-posed" in captured.out and "--allow-ill-posed" in captured.err
+    assert (captured.out + captured.err).count("the corrupted run still predicts the answer") == 1
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["traces"]["layers"]["ill_posed"] is True and isinstance(summary["traces"]["layers"]["clean"], float)
-    with pytest.warns(IllPosedTraceWarning):
-        assert main(args + ["--out", str(tmp_path / "b"), "--allow-ill-posed"]) == 0
+    assert main(args + ["--out", str(tmp_path / "b"), "--allow-ill-posed"]) == 0
 
 
 def test_training_script_does_not_overwrite_the_bundled_model_by_default():

@@ -181,7 +181,7 @@ def test_several_items_in_one_batch(family, states, window):
     other = model.prepare_like(item, clip(0.7, seed=33))
     spec = TraceSpec(model, states=states, window=window, corruption=GaussianNoise(n_samples=2, seed=3))
     jobs = [prepare_job(model, spec, it, item.meta["answer"])[0] for it in (item, other)]
-    assert jobs[0].final != jobs[1].final
+    # (families that pad every clip to one length, Voxtral and DeSTA's 30 s window, give equal lengths)
     fast, ref = FastEngine(), ReferenceEngine()
     got = fast.patched_many(model, jobs, [fast.baseline(model, job) for job in jobs])
     for job, values in zip(jobs, got):

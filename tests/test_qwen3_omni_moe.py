@@ -250,7 +250,7 @@ def test_full_checkpoint_reads_only_thinker_shards(tmp_path, thinker_dir, ours, 
     full_dir = tiny.save_full(tmp_path / "full", thinker_dir)
     opened = []
     read = base.read_tensors
-    monkeypatch.setattr(base, "read_tensors", lambda path: (opened.append(path.name), read(path))[1])
+    monkeypatch.setattr(base, "read_tensors", lambda path, **kw: (opened.append(path.name), read(path, **kw))[1])
     full = HookedLALM.from_pretrained(full_dir, device="cpu")
     assert sorted(opened) == ["model-00001-of-00004.safetensors", "model-00003-of-00004.safetensors"]
     theirs = dict(ours.named_parameters())

@@ -161,7 +161,7 @@ class FastEngine(Engine):
         groups, readouts = [], []
         L = model.cfg.n_layers
         for j, (job, base) in enumerate(zip(jobs, bases)):
-            after = joins_after(job.states)
+            after = joins_after(job.states, model)
             for c, cell in enumerate(job.cells):
                 layers = effective_layers(cell.layers, cell.positions, base.state)
                 if not layers:  # the cell is the corrupted run itself
@@ -172,7 +172,9 @@ class FastEngine(Engine):
                 elif job.final in g.positions:  # after the last block only the answer position is read
                     readouts.append(g)
         if readouts:  # (a patch after the last block elsewhere leaves the corrupted run)
-            for g, value in zip(readouts, run_readouts(model, jobs, [b.state for b in bases], readouts)):
+            with lora_for(model, jobs[0], "corrupted"):
+                values = run_readouts(model, jobs, [b.state for b in bases], readouts)
+            for g, value in zip(readouts, values):
                 outs[g.item][g.cell] = value
         # longest suffixes first; a batch holds suffixes within `PAD_SLACK` of its longest (little padding)
         # and stays under the budget of rows x positions
@@ -186,10 +188,11 @@ class FastEngine(Engine):
                                  and width(g) >= PAD_SLACK * width(batch[0])):
                     batch.append(g)
                     continue
-            with lora_for(model, jobs[0], "corrupted"):  # one trace's jobs share their settings
-                values = run_suffixes(model, jobs, [b.state for b in bases], batch)
-            for grp, value in zip(batch, values):
-                outs[grp.item][grp.cell] = value
+            if batch:  # (none when every cell was settled by a readout or left the corrupted run)
+                with lora_for(model, jobs[0], "corrupted"):  # one trace's jobs share their settings
+                    values = run_suffixes(model, jobs, [b.state for b in bases], batch)
+                for grp, value in zip(batch, values):
+                    outs[grp.item][grp.cell] = value
             batch = [g] if g is not None else []
         return outs
 

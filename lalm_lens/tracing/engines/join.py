@@ -51,9 +51,19 @@ AFTER: dict[str, Callable] = {"resid_post": _resid_post, "resid_mid": _resid_pos
                               "attn_out": _attn_out}
 
 
-def joins_after(states: str) -> bool:
-    """Whether a cell restoring `states` starts after its first layer."""
+def joins_after(states: str, model=None) -> bool:
+    """Whether a cell restoring `states` starts after its first layer. `mlp_out` and `attn_out` rebuild the
+    block's sums above, so they join after it only where every block is the plain `TransformerBlock` (a family
+    whose block adds its outputs otherwise, e.g. Granite's residual multiplier, starts at block l)."""
+    if states in ("mlp_out", "attn_out") and model is not None and not _plain_blocks(model):
+        return False
     return states in AFTER
+
+
+def _plain_blocks(model) -> bool:
+    from lalm_lens.components.block import TransformerBlock
+
+    return all(type(block).forward is TransformerBlock.forward for block in model.blocks)
 
 
 def kept_names(states: str, n_layers: int) -> tuple[set[str], set[str]]:
