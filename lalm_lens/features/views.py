@@ -129,7 +129,8 @@ class FeatureActivation(Viewable):
         return _load(cls, path)
 
     def plot(self, title: Optional[str] = None):
-        """The activation over the clip's seconds above its spectrogram (shared x), text positions beside."""
+        """The activation over the clip's seconds above its spectrogram (shared x), text positions beside;
+        returns the activation's axes (`.figure` is the whole figure)."""
         from lalm_lens.tracing.plots import _axes
 
         ax = _axes(None, (10, 4.5))
@@ -141,7 +142,8 @@ class FeatureActivation(Viewable):
         side = fig.add_subplot(grid[:, 1])
         idx = self.audio()
         x, y = [self.times[j] for j in idx], [self.values[j] for j in idx]
-        top.step(x + x[-1:] and x + [min(x[-1] + self.step, self.duration)], y + y[-1:], where="post", color="#1f77b4")
+        edges = x + [min(x[-1] + self.step, self.duration)] if x else []  # the last token's step ends too
+        top.step(edges, y + y[-1:], where="post", color="#1f77b4")
         top.set_ylabel("activation")
         top.set_title(title or self.summary().splitlines()[0], fontsize=9)
         if self.spectrogram:
@@ -160,7 +162,7 @@ class FeatureActivation(Viewable):
         side.invert_yaxis()
         side.set_title("text positions", fontsize=8)
         fig.tight_layout()
-        return fig
+        return top
 
 
 def feature_activation(model, sae: SAE, inp, feature: int, item: Optional[str] = None) -> FeatureActivation:
