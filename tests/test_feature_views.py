@@ -1,6 +1,7 @@
 """Seeing and hearing an SAE feature: activation over time, top windows, WAV clips, pages, the CLI."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -65,8 +66,8 @@ def test_activation_is_the_cached_feature_with_token_times(demo, items, hook):
 
 
 def _brute(demo, sae, items, feature, ws):
-    """Every (item, window, max) by a plain loop over the cached activations."""
-    rows = []
+    """Every (item, window start, max) by a plain loop over the cached activations; each item's token times."""
+    rows, times = [], {}
     with demo.saes([sae]):
         for item in items:
             inp = _inp(demo, item)
@@ -75,31 +76,32 @@ def _brute(demo, sae, items, feature, ws):
             acts = cache[name]
             audio = inp.audio_positions[0].tolist()
             vals = acts[: len(audio), feature] if acts.ndim == 2 else acts[0, audio, feature]
+            seconds = inp.meta["audio_seconds"][0].tolist()
+            times[item.id] = (dict(zip(audio, seconds)), len(inp.waveform) / inp.sampling_rate)
             best = {}
-            for v, t in zip(vals.tolist(), inp.meta["audio_seconds"][0].tolist()):
+            for v, t in zip(vals.tolist(), seconds):
                 w = int(t // ws)
                 best[w] = max(best.get(w, -np.inf), v)
             rows += [(item.id, w * ws, v) for w, v in best.items()]
-    return sorted(rows, key=lambda r: -r[2])
+    return sorted(rows, key=lambda r: -r[2]), times
 
 
 @pytest.mark.parametrize("hook", HOOKS)
 def test_top_windows_equal_a_brute_force_scan(demo, items, hook, tmp_path):
     sae = _sae(hook, seed=2)
-    top = top_windows(demo, sae, items, 3, window_seconds=0.4, k=100)
-    brute = _brute(demo, sae, items, 3, 0.4)
-    assert top.n_windows == len(brute) == len(top.windows)
+    top = top_windows(demo, sae, items[:2], 3, window_seconds=0.4, k=100)
+    brute, times = _brute(demo, sae, items[:2], 3, 0.4)
+    assert top.n_windows == len(brute) == len(top.windows) and top.n_items == 2
     got = [w["activation"] for w in top.windows]
     assert got == sorted(got, reverse=True)
     assert sorted((w["item"], round(w["start"], 6), w["activation"]) for w in top.windows) == \
         sorted((i, round(s, 6), v) for i, s, v in brute)
     for w in top.windows:  # the window holds the position of its max, by that token's start time
-        inp = _inp(demo, next(i for i in items if i.id == w["item"]))
-        t = dict(zip(inp.audio_positions[0].tolist(), inp.meta["audio_seconds"][0].tolist()))[w["position"]]
-        assert w["start"] <= t < w["end"] and w["end"] <= len(inp.waveform) / inp.sampling_rate + 1e-9
-    assert top_windows(demo, sae, items, 3, window_seconds=0.4, k=4).windows == top.windows[:4]
+        start, duration = times[w["item"]]
+        assert w["start"] <= start[w["position"]] < w["end"] <= duration + 1e-9
 
-    paths = write_clips(top_windows(demo, sae, items, 3, window_seconds=0.4, k=4), tmp_path / "clips")
+    paths = write_clips(replace(top, windows=top.windows[:4]), tmp_path / "clips")
+    assert len(paths) == 4
     for path, w in zip(paths, top.windows):
         wave, rate = soundfile.read(path)
         full, rate0 = soundfile.read(w["audio"])
@@ -153,10 +155,10 @@ def test_cli_writes_each_top_feature(demo, items, tmp_path, capsys):
     item_file = str(items[0].audio).rsplit("/audio/", 1)[0] + "/items.jsonl"
     out = tmp_path / "out"
     assert main(["features", "--model", "demo", "--sae", str(folder), "--items", item_file, "--top", "2",
-                 "-k", "3", "--out", str(out)]) == 0
+                 "-n", "2", "-k", "3", "--out", str(out)]) == 0
     summary = json.loads((out / "features.json").read_text())
     with demo.saes([sae]):
-        means = feature_means(demo, sae, items)
+        means = feature_means(demo, sae, items[:2])
     assert summary["features"] == means.topk(2).indices.tolist()
     for f in summary["features"]:
         d = out / f"feature_{f}"
