@@ -177,3 +177,64 @@ def test_cli_writes_each_top_feature(demo, items, tmp_path, capsys):
                           (["--sae", str(folder), "--feature", "99"], "--feature .*features 0..23")):
         assert main(["features", "--model", "demo", "--items", item_file, *argv]) == 2
         assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_pages_in_a_browser_hover_shows_the_value_and_clicks_play_the_window(demo, items, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from tests.test_pages import CHROMIUM, DRIVER, FLAGS, errors, hover, open_page
+
+    browser = _browser(CHROMIUM, DRIVER, FLAGS)
+    try:
+        sae = _sae(HOOKS[0], seed=3)
+        act = feature_activation(demo, sae, _inp(demo, items[0]), 2, item=items[0].id)
+        assert not errors(open_page(browser, act.to_html(tmp_path / "act.html", audio=items[0].audio)))
+        j = max(act.audio(), key=lambda j: act.values[j])
+        tip = hover(browser, "lalm-feature-time", act.times[j] + act.step / 2, act.values[j] / 2)
+        assert float(tip["activation"]) == act.values[j] and tip["group"] == "audio"
+        ActionChains(browser).click().perform()
+        assert _played(browser, 10) == pytest.approx([act.times[j], act.times[j] + act.step])
+
+        top = top_windows(demo, sae, items[:2], 2, window_seconds=0.3, k=3)
+        assert not errors(open_page(browser, top.to_html(tmp_path / "top.html")))
+        browser.find_elements(By.CSS_SELECTOR, "tr.lalm-window")[1].click()
+        w = top.windows[1]
+        assert _played(browser, 10) == pytest.approx([0, w["end"] - w["start"]])
+    finally:
+        browser.quit()
+
+
+def _browser(chromium, driver, flags):
+    import tempfile
+    from pathlib import Path
+
+    if not (Path(chromium).is_file() and Path(driver).is_file()):
+        pytest.skip("no browser installed: apt-get install -y chromium chromium-driver (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in flags + (f"--user-data-dir={tempfile.mkdtemp(prefix='lalm-chromium-')}",):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def _played(browser, timeout):
+    """Wait until the page's player has played a window and stopped; the window `[start, end]` it was asked."""
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        paused, played, error, w0, w1, t = browser.execute_script(
+            "const a = document.getElementById('lalm-audio');"
+            "return [a.paused, a.played.length, a.dataset.playError || null, a.dataset.windowStart, "
+            "a.dataset.windowEnd, a.currentTime]")
+        assert error is None, error
+        if paused and played:
+            assert abs(t - float(w1)) < 1e-3, f"stopped at {t} s, not at the window's end {w1}"
+            return [float(w0), float(w1)]
+        assert time.time() < deadline, "the window never played to its end"
+        time.sleep(0.03)
