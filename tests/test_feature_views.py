@@ -112,7 +112,7 @@ def test_top_windows_equal_a_brute_force_scan(demo, items, hook, tmp_path):
 def test_json_round_trip_plot_and_pages(demo, items, tmp_path):
     sae, inp = _sae(HOOKS[0]), _inp(demo, items[1])
     act = feature_activation(demo, sae, inp, 7)
-    top = top_windows(demo, sae, items, 7, k=3)
+    top = top_windows(demo, sae, items[:1], 7, k=3)
     for result, cls in ((act, FeatureActivation), (top, TopWindows)):
         back = cls.load(result.save(tmp_path / f"{result.kind}.json"))
         assert back == result
@@ -238,3 +238,17 @@ def _played(browser, timeout):
             return [float(w0), float(w1)]
         assert time.time() < deadline, "the window never played to its end"
         time.sleep(0.03)
+
+
+def test_a_real_family_qwen2_audio(qwen2_audio, clip):
+    """The tiny Qwen2-Audio checkpoint: the LM hook's feature equals the cache, its audio tokens carry their times."""
+    model, hook = qwen2_audio, "blocks.0.hook_resid_post"
+    sae = SAE.random(SAEConfig(model.cfg.d_model, 16, hook_name=hook), seed=4)
+    inp = model.prepare(clip, "What is it?", sampling_rate=16000)
+    name = f"{hook}.hook_sae_acts_post"
+    with model.saes([sae]):
+        _, cache = model.run_with_cache(inp, names_filter=[name])
+    act = feature_activation(model, sae, inp, 9)
+    assert torch.equal(torch.tensor(act.values), cache[name][0, :, 9])
+    audio = inp.audio_positions[0].tolist()
+    assert [act.times[p] for p in audio] == inp.meta["audio_seconds"][0].tolist() and len(audio) > 1
