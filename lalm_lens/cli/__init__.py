@@ -14,6 +14,7 @@ import warnings
 
 from lalm_lens.cli.args import DTYPES, CLIError
 from lalm_lens.cli import circuit as circuit_command
+from lalm_lens.cli import features as features_command
 from lalm_lens.cli import report as report_command
 from lalm_lens.cli import study as study_command
 from lalm_lens.cli import trace as trace_commands
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     study_command.add_parser(sub, Formatter)
     circuit_command.add_parser(sub, Formatter)
     report_command.add_parser(sub, Formatter)
+    features_command.add_parser(sub, Formatter)
 
     v = sub.add_parser("verify", help="compare the hooked model with the original on one input", formatter_class=Formatter)
     v.add_argument("model", help="hub id or local checkpoint folder")

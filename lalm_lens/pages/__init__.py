@@ -47,7 +47,7 @@ def write_page(result, path: Union[str, Path], audio: Optional[Audio] = None, js
 
 
 def _load_kinds() -> None:
-    from lalm_lens.pages import circuits, dataset, heads, knockout, lens, time, trace  # noqa: F401  (they register)
+    from lalm_lens.pages import circuits, dataset, features, heads, knockout, lens, time, trace  # noqa: F401  (they register)
 
 
 class Viewable:
