@@ -107,10 +107,10 @@ def test_a_killed_rank_resumes_without_loss_or_duplicates(items, single, tmp_pat
 def test_a_different_world_size_resumes_a_torchrun(demo, items, single, tmp_path):
     """Records of a 2-rank run (here: left as rank files, as after a kill) are resumed by one process."""
     out = tmp_path / "records.jsonl"
-    half = trace_dataset(demo, items, mode="tokens", filter=None, progress=False, limit=3).records
+    first = trace_dataset(demo, items, mode="tokens", filter=None, progress=False, limit=3)
+    half, settings = first.records, first.settings
     from lalm_lens.tracing.records import make_header, rank_file
 
-    settings = trace_dataset(demo, items, mode="tokens", filter=None, progress=False, limit=0).settings
     for rank, chunk in ((0, half[:2]), (1, half[2:])):
         rank_file(out, rank).write_text("\n".join(json.dumps(x) for x in [{"header": make_header(settings)}, *chunk]) + "\n")
     resumed = trace_dataset(demo, items, out=out, mode="tokens", filter=None, progress=False)
