@@ -29,10 +29,12 @@ def _sparsify():
     try:
         if not torch.cuda.is_available():  # its Triton sparse decoder is GPU-only
             os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
-        from sparsify import SparseCoder, SparseCoderConfig
+        from sparsify import SparseCoder, SparseCoderConfig, sparse_coder, utils
     except ImportError as err:
         raise ImportError("training SAEs needs EleutherAI's sparsify: pip install -e '.[sae]' "
                           "(or pip install eai-sparsify)") from err
+    if not torch.cuda.is_available():  # also when sparsify was imported before the variable was set
+        sparse_coder.decoder_impl = utils.eager_decode
     return SparseCoder, SparseCoderConfig
 
 
