@@ -18,6 +18,7 @@ from lalm_lens.cli import features as features_command
 from lalm_lens.cli import report as report_command
 from lalm_lens.cli import study as study_command
 from lalm_lens.cli import trace as trace_commands
+from lalm_lens.cli import train_sae as train_sae_command
 
 
 class Formatter(argparse.HelpFormatter):
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     circuit_command.add_parser(sub, Formatter)
     report_command.add_parser(sub, Formatter)
     features_command.add_parser(sub, Formatter)
+    train_sae_command.add_parser(sub, Formatter)
 
     v = sub.add_parser("verify", help="compare the hooked model with the original on one input", formatter_class=Formatter)
     v.add_argument("model", help="hub id or local checkpoint folder")
