@@ -10,7 +10,8 @@ import torch
 
 from tests import tiny_models
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one thread per pytest-xdist worker (the suite runs as 2 workers, `addopts` in pyproject.toml), else up to 2
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

@@ -134,6 +134,9 @@ class FakeResult:
     def numbers(self):
         return {}
 
+    def to_html(self, path, audio=None, js=None):  # the page (tests/test_pages.py tests the real ones)
+        return path
+
 
 def test_each_sweep_keeps_its_own_summary_and_ill_posed_warnings_print_once(tmp_path, capsys, monkeypatch):
     import warnings
