@@ -59,7 +59,7 @@ def test_report_numbers_match_a_direct_computation(demo, items, trained):
     tok, _ = answer_token(demo, inp, item.answer)
     clean = demo(inp)[0, -1].softmax(-1)[tok]
     swap = demo.run_with_hooks(inp, fwd_hooks=[(HOOK, lambda x, hook: sae.decode(sae.encode(x)).to(x.dtype))])
-    assert float(swap[0, -1].softmax(-1)[tok] - clean) == pytest.approx(_one_item_dp(demo, sae, item), abs=1e-6)
+    assert float((swap[0, -1].softmax(-1)[tok] - clean).detach()) == pytest.approx(_one_item_dp(demo, sae, item), abs=1e-6)
 
 
 def _one_item_dp(demo, sae, item):
