@@ -23,7 +23,7 @@ from transformer_lens.utilities import get_act_name
 
 from lalm_lens.tracing.cells import Cell, window_layers
 from lalm_lens.tracing.checks import warn_if_ill_posed
-from lalm_lens.tracing.results import RESULT_TYPES, TraceResult, describe_curve
+from lalm_lens.tracing.results import TraceResult, describe_curve
 from lalm_lens.tracing.trace import TraceSpec, refuse_moved, result_fields, run_trace
 
 
@@ -187,9 +187,6 @@ class HeadTrace(TraceResult):
 
         return plot_head_heatmaps(self, value=value, title=title or self.title(
             f"restoring one head's z at {self.settings.get('head_positions')} position(s)"))
-
-
-RESULT_TYPES.update({"audio_time": TimeTrace, "heads": HeadTrace})
 
 
 def audio_time_trace(model, clean, corruption="silence", *, answer, metric=None, window_seconds: float = 0.5,
