@@ -22,6 +22,7 @@ from lalm_lens.result import Result
 from lalm_lens.tracing.cells import check_indices, check_window, window_layers
 from lalm_lens.tracing.groups import final_position
 from lalm_lens.tracing.numbers import num, to_float, to_floats
+from lalm_lens.tracing.results import probability
 from lalm_lens.tracing.trace import answer_token, input_groups
 
 if TYPE_CHECKING:
@@ -66,19 +67,13 @@ class KnockoutResult(Result):
         self.settings = {} if settings is None else settings
 
     # ------------------------------------------------------------ the metric, by its P(answer) name
-    def _probability(self, value):
-        if not self.metric.get("probability", self.metric.get("name") in ("answer_prob", "option_prob")):
-            raise AttributeError(f"this knockout's metric is {self.metric.get('name')!r}, not a probability; "
-                                 "use .clean / .knocked")
-        return value
-
     @property
     def p_clean(self) -> float:
-        return self._probability(self.clean)
+        return probability(self.metric, self.clean, "knockout", ".clean / .knocked")
 
     @property
     def p_knocked(self) -> Float[Tensor, " layer"]:
-        return self._probability(self.knocked)
+        return probability(self.metric, self.knocked, "knockout", ".clean / .knocked")
 
     @property
     def windows(self) -> list[tuple[int, ...]]:

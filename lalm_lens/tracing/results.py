@@ -34,6 +34,14 @@ def recovery_of(patched: Float[Tensor, "*cells"], clean: float, corrupted: float
     return (patched - corrupted) / (clean - corrupted) if clean != corrupted else patched * float("nan")
 
 
+def probability(metric: dict[str, Any], value, what: str, instead: str):
+    """`value` where the result's metric is a probability (its `p_*` names); an AttributeError naming `instead`
+    otherwise."""
+    if not metric.get("probability", metric.get("name") in ("answer_prob", "option_prob")):
+        raise AttributeError(f"this {what}'s metric is {metric.get('name')!r}, not a probability; use {instead}")
+    return value
+
+
 @dataclass
 class TraceResult(Result):
     """What every trace holds; see `LayerTrace` and `TokenTrace`."""
@@ -63,10 +71,7 @@ class TraceResult(Result):
 
     # ------------------------------------------------------------ the metric, by its paper name
     def _probability(self, value):
-        if not self.metric.get("probability", self.metric.get("name") in ("answer_prob", "option_prob")):
-            raise AttributeError(f"this trace's metric is {self.metric.get('name')!r}, not a probability; "
-                                 "use .clean / .corrupted / .patched")
-        return value
+        return probability(self.metric, value, "trace", ".clean / .corrupted / .patched")
 
     @property
     def p_clean(self) -> float:
