@@ -158,8 +158,9 @@ class Result(Viewable):
 
         path = Path(path)
         if path.suffix not in self.formats():
-            raise ValueError(f"cannot save a {self.what or self.kind} as {path.suffix or 'a file without extension'!r}: "
-                             f"use {', '.join(self.formats()[:-1])} or {self.formats()[-1]}")
+            given, formats = path.suffix or "a file without extension", self.formats()
+            raise ValueError(f"cannot save a {self.what or self.kind} as {given!r}: "
+                             f"use {', '.join(formats[:-1])} or {formats[-1]}")
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".csv":
             self.to_dataframe().to_csv(path, index=False)
@@ -176,10 +177,7 @@ class Result(Viewable):
         """A result saved with `save` (`.json` or `.npz`), of any kind (`Result.load`) or of this kind."""
         path = Path(path)
         what = cls.what or cls.kind or "result"
-        try:
-            raw = path.read_bytes()
-        except OSError as err:
-            raise ValueError(f"cannot read {path}: {err}") from None
+        raw = path.read_bytes()
         if raw[:2] == b"PK":  # a zip file: a NumPy archive
             if cls is not Result and not getattr(cls, "ARRAYS", ()):
                 raise ValueError(f"{path} is a NumPy archive, not a {what} (a {what} is saved as .json by "

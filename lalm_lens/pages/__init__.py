@@ -51,7 +51,8 @@ def page_function(kind: str) -> Callable:
     if kind in PAGES:
         return PAGES[kind]
     if kind not in BUILT_IN:
-        raise ValueError(f"no page for results of kind {kind!r} (pages exist for {sorted(set(BUILT_IN) | set(PAGES))}); "
+        known = sorted(set(BUILT_IN) | set(PAGES))
+        raise ValueError(f"no page for results of kind {kind!r} (pages exist for {known}); "
                          "register one with @lalm_lens.pages.page_for")
     module, name = BUILT_IN[kind].split(":")
     return getattr(importlib.import_module(module), name)
