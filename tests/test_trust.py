@@ -229,7 +229,7 @@ def test_knockout_arguments(qwen2_audio, item, no_forward):
 
 def test_knockout_summary_and_plot(qwen2_audio, item):
     result = attention_knockout(qwen2_audio, item, answer=item.meta["top"])
-    assert "drop by start layer" in result.summary() and "P(clean)" in result.summary()
+    assert "drop by layer" in result.summary() and "P(clean)" in result.summary()
     assert "attention final -> audio" in result.plot().get_title()
 
 

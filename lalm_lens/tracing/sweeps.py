@@ -26,7 +26,7 @@ from lalm_lens.inputs.prepared import PreparedInput
 
 from lalm_lens.tracing.cells import Cell, window_layers
 from lalm_lens.tracing.checks import warn_if_ill_posed
-from lalm_lens.tracing.results import RESULT_TYPES, TraceResult, describe_curve
+from lalm_lens.tracing.results import TraceResult, describe_curve
 from lalm_lens.tracing.trace import Layout, TraceSpec, finish, prepare
 
 if TYPE_CHECKING:
@@ -193,9 +193,6 @@ class HeadTrace(TraceResult):
 
         return plot_head_heatmaps(self, value=value, title=title or self.title(
             f"restoring one head's z at {self.settings.get('head_positions')} position(s)"))
-
-
-RESULT_TYPES.update({"audio_time": TimeTrace, "heads": HeadTrace})
 
 
 def audio_time_trace(model: "HookedLALM", clean: PreparedInput, corruption="silence", *, answer, metric=None,
