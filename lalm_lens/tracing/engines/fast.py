@@ -31,12 +31,13 @@ import torch
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
-from lalm_lens.components.kv_cache import KVCache, PrefixKV
+from lalm_lens.components.kv_cache import KVCache
 from lalm_lens.components.masks import LMContext, additive, allowed_keys
 from lalm_lens.tracing.cells import Cell
 from lalm_lens.tracing.engines.answer_layer import SAFE_STATES, answer_only
 from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, lora_for, restore_index, score_of
 from lalm_lens.tracing.engines.join import block_output, joins_after, kept_names
+from lalm_lens.tracing.engines.prefix import PrefixKV
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 PAD_SLACK = 0.75  # a suffix joins a batch if it is at least this fraction of the batch's longest
