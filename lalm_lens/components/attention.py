@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from lalm_lens.components.kv_cache import KVCache
+from lalm_lens.components.kv_cache import HeldKeys, PastKV
 from lalm_lens.config import BlockConfig
 
 
@@ -88,19 +88,39 @@ class Attention(nn.Module):
         """Match key/value heads to query heads (identity here; see GroupedQueryAttention)."""
         return k, v
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Float[Tensor, "batch pos head d_head"]:
-        """Softmax attention of `[batch, pos, head, d_head]` queries over keys/values."""
+    def attend(
+        self,
+        q: Float[Tensor, "batch pos head d_head"],
+        k: Float[Tensor, "batch key_pos kv_head d_head"],
+        v: Float[Tensor, "batch key_pos kv_head d_head"],
+        mask: Optional[Float[Tensor, "batch_or_1 1 pos keys"]],
+        held: Optional[HeldKeys] = None,
+    ) -> Float[Tensor, "batch pos head d_head"]:
+        """Softmax attention of queries over `held`'s keys (if any), then `k`/`v`: the one attention core
+        (scores, mask, softmax and weighted sum are written here only; every `PastKV` ends here).
+
+        The scores and pattern pass through `hook_attn_scores` / `hook_pattern` as one
+        `[batch, head, pos, held + key_pos]` tensor. With nothing hooked and nothing held,
+        `scaled_dot_product_attention` runs the same math.
+        """
         k, v = self.expand_kv(k, v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
-        if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
-            scores = (q @ k.transpose(-1, -2)) * self.scale
-            if mask is not None:
-                scores = scores + mask
-            scores = self.hook_attn_scores(scores)
-            pattern = self.hook_pattern(scores.softmax(-1, dtype=torch.float32).to(q.dtype))
+        if held is None and not (self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()):
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            return z.transpose(1, 2)
+        scores = q @ k.transpose(-1, -2)
+        if held is not None:
+            scores = torch.cat([held.scores(q), scores], dim=-1)
+        scores = scores * self.scale
+        if mask is not None:
+            scores = scores + mask
+        scores = self.hook_attn_scores(scores)
+        pattern = self.hook_pattern(scores.softmax(-1, dtype=torch.float32).to(q.dtype))
+        if held is None:
             z = pattern @ v
         else:
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            n_held = pattern.shape[-1] - k.shape[-2]
+            z = held.weigh(pattern[..., :n_held]) + pattern[..., n_held:] @ v
         return z.transpose(1, 2)
 
     def forward(
@@ -108,8 +128,9 @@ class Attention(nn.Module):
         x: Float[Tensor, "batch pos d_model"],
         mask: Optional[Tensor] = None,
         rope: Optional[tuple[Tensor, Tensor]] = None,
-        kv_cache: Optional[KVCache] = None,
+        kv_cache: Optional[PastKV] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
+        """Attention of `x` over itself, after the positions of `kv_cache` if given."""
         q = self.position_query(self.hook_q(self.project_qkv(x, "Q")), rope)
         k, v = self.key_value(x, rope)
         return self.attend_and_write(q, k, v, mask, kv_cache)
@@ -121,7 +142,7 @@ class Attention(nn.Module):
         v_in: Float[Tensor, "batch pos kv_head d_model"],
         mask: Optional[Tensor] = None,
         rope: Optional[tuple[Tensor, Tensor]] = None,
-        kv_cache: Optional[KVCache] = None,
+        kv_cache: Optional[PastKV] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """The same attention with a separate (normalised) input per head for q, k and v
         (`cfg.use_split_qkv_input`); k/v inputs are per key/value head."""
@@ -130,15 +151,17 @@ class Attention(nn.Module):
         v = self.hook_v(project_heads(v_in, self.W_V, self.b_V))
         return self.attend_and_write(q, k, v, mask, kv_cache)
 
-    def attend_and_write(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
-                         kv_cache: Optional[KVCache]) -> Float[Tensor, "batch pos d_model"]:
-        """Attention of positioned q/k/v, then the output projection (per head if `use_attn_result`)."""
-        if kv_cache is not None and kv_cache.shared:
-            z = kv_cache.attend(self, q, k, v, mask)
-        else:
-            if kv_cache is not None:
-                k, v = kv_cache.update(self.layer, k, v)
-            z = self.attend(q, k, v, mask)
+    def attend_and_write(
+        self,
+        q: Float[Tensor, "batch pos head d_head"],
+        k: Float[Tensor, "batch pos kv_head d_head"],
+        v: Float[Tensor, "batch pos kv_head d_head"],
+        mask: Optional[Tensor],
+        kv_cache: Optional[PastKV],
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Attention of positioned q/k/v (over `kv_cache`'s positions first), then the output
+        projection (per head if `use_attn_result`)."""
+        z = self.attend(q, k, v, mask) if kv_cache is None else kv_cache.attend(self, q, k, v, mask)
         z = self.hook_z(z)  # [batch, pos, head, d_head]
         if self.cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O))

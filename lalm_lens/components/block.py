@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from lalm_lens.components.attention import Attention
-from lalm_lens.components.kv_cache import KVCache
+from lalm_lens.components.kv_cache import PastKV
 from lalm_lens.components.layer_norm import LayerNorm
 from lalm_lens.components.mlp import MLP, GatedMLP
 from lalm_lens.components.moe import MoEMLP
@@ -65,7 +65,7 @@ class TransformerBlock(nn.Module):
         resid: Float[Tensor, "batch pos d_model"],
         mask: Optional[Tensor] = None,
         rope: Optional[tuple[Tensor, Tensor]] = None,
-        kv_cache: Optional[KVCache] = None,
+        kv_cache: Optional[PastKV] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
         attn_out = self.hook_attn_out(self.attention(resid, mask, rope, kv_cache))
@@ -74,7 +74,7 @@ class TransformerBlock(nn.Module):
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
         return self.hook_resid_post(resid + mlp_out)
 
-    def attention(self, resid: Tensor, mask: Optional[Tensor], rope, kv_cache: Optional[KVCache]) -> Tensor:
+    def attention(self, resid: Tensor, mask: Optional[Tensor], rope, kv_cache: Optional[PastKV]) -> Tensor:
         """`attn(ln1(resid))`; with `use_split_qkv_input`, each head's q/k/v input is its own copy of
         `resid` (hooked before `ln1`), as in TransformerLens."""
         if not self.cfg.use_split_qkv_input:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lalm_lens.components.block import TransformerBlock
 from lalm_lens.components.granite_attention import granite_attention
-from lalm_lens.components.kv_cache import KVCache
+from lalm_lens.components.kv_cache import PastKV
 from lalm_lens.config import GraniteLMConfig
 
 
@@ -26,7 +26,7 @@ class GraniteBlock(TransformerBlock):
         resid: Float[Tensor, "batch pos d_model"],
         mask: Optional[Tensor] = None,
         rope: Optional[tuple[Tensor, Tensor]] = None,
-        kv_cache: Optional[KVCache] = None,
+        kv_cache: Optional[PastKV] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         m = self.residual_multiplier
         resid = self.hook_resid_pre(resid)

@@ -66,9 +66,3 @@ class LMContext:
 
     mask: Optional[Tensor]
     rope: Optional[tuple[Tensor, Tensor]]
-
-    def queries(self, start: int, stop: Optional[int] = None) -> "LMContext":
-        """The context of queries `start..stop-1` only (keys unchanged)."""
-        mask = None if self.mask is None else self.mask[..., start:stop, :]
-        rope = None if self.rope is None else tuple(t[:, start:stop] for t in self.rope)
-        return LMContext(mask, rope)

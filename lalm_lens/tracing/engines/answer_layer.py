@@ -21,30 +21,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from lalm_lens.components.kv_cache import PastKV
 from lalm_lens.components.masks import LMContext
+from lalm_lens.tracing.engines.prefix import PrependedKV
 
 SAFE_STATES = frozenset({"resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z"})
-
-
-class PrependedKV:
-    """Per-row keys/values of the row's other positions, put before the query's own (behind a prefix cache).
-
-    The attention's hooks still see one `[rows, head, 1, all keys]` pattern.
-    """
-
-    shared = True
-
-    def __init__(self, keys: Tensor, values: Tensor, prefix=None):
-        self.keys, self.values, self.prefix = keys, values, prefix
-
-    def __len__(self) -> int:
-        return (len(self.prefix) if self.prefix is not None else 0) + self.keys.shape[1]
-
-    def attend(self, attn, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
-        k, v = torch.cat([self.keys, k], dim=1), torch.cat([self.values, v], dim=1)
-        if self.prefix is not None:
-            return self.prefix.attend(attn, q, k, v, mask)
-        return attn.attend(q, k, v, mask)
 
 
 def answer_only(
@@ -52,13 +33,13 @@ def answer_only(
     x: Float[Tensor, "rows pos d_model"],
     at: Int[Tensor, "rows"],
     ctx: LMContext,
-    prefix=None,
+    prefix: Optional[PastKV] = None,
 ) -> Float[Tensor, "rows 1 d_model"]:
     """`block(x, ...)[r, at[r]]` for every row r, computing the block only at those positions.
 
     `ctx` is the full call's (queries = the positions of `x`, keys = the prefix then
     `x`): the answer query sees the prefix and the positions of `x` before it
-    (their keys from this call), then its own key.
+    (their keys from this call), then its own key (`PrependedKV`).
     """
     rows = torch.arange(x.shape[0], device=x.device)
     k, v = block.attn.key_value(block.ln1(x), ctx.rope)

@@ -36,13 +36,14 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
-from lalm_lens.components.kv_cache import KVCache, PrefixKV
+from lalm_lens.components.kv_cache import KVCache
 from lalm_lens.components.masks import LMContext, additive, allowed_keys
 from lalm_lens.tracing.cells import Cell
 from lalm_lens.tracing.engines.answer_layer import SAFE_STATES, answer_only
 from lalm_lens.tracing.engines.base import (Baseline, Engine, HookFn, TraceJob, lora_for, restore_index, restoring,
                                             score_of)
 from lalm_lens.tracing.engines.join import block_output, joins_after, kept_names
+from lalm_lens.tracing.engines.prefix import PrefixKV
 
 if TYPE_CHECKING:
     from lalm_lens.model import HookedLALM
