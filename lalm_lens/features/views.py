@@ -178,7 +178,7 @@ def feature_activation(model, sae: SAE, inp, feature: int, item: Optional[str] =
         tokens=[tokens[p] if p < len(tokens) else str(p) for p in positions], times=[start.get(p) for p in positions],
         step=step, duration=duration, item=item,
         spectrogram=np.round(np.asarray(spectrogram(np.asarray(inp.waveform, np.float32), inp.sampling_rate)), 3).tolist(),
-        settings=dict(model=getattr(model, "name_or_path", None)))
+        settings=dict(model=model.name_or_path))
 
 
 @dataclass
@@ -272,7 +272,7 @@ def top_windows_many(model, sae: SAE, items: Sequence, features: Sequence[int], 
                                      position=pos))
     return {f: TopWindows(hook=hook, feature=f, window_seconds=window_seconds, n_items=len(items), n_windows=n,
                           windows=sorted(rows, key=lambda w: -w["activation"])[:k],
-                          settings=dict(model=getattr(model, "name_or_path", None)))
+                          settings=dict(model=model.name_or_path))
             for f, rows in found.items()}
 
 

@@ -270,7 +270,7 @@ def trace_dataset(
                      corruption=corruption, metric=metric, engine=engine, min_effect=min_effect)
     items_per_call(spec, batch_items)  # checks the argument
     items = as_items(items)[: check_limit(limit)]
-    settings = dict(spec.settings(), model=getattr(model, "name_or_path", None), dtype=str(model.cfg.dtype),
+    settings = dict(spec.settings(), model=model.name_or_path, dtype=str(model.cfg.dtype),
                     filter=None if filter is None else "checks")
     dist = distributed.setup(model.device)
     out = None if out is None else Path(out)

@@ -135,7 +135,7 @@ def result_fields(model, spec: TraceSpec, clean, job: TraceJob, info: dict, base
     str_tokens = clean.str_tokens[0] if isinstance(clean, PreparedInput) else []
     meta = getattr(clean, "meta", {}) or {}
     seconds = (meta.get("audio_seconds") or [None])[0]
-    settings = dict(spec.settings(), model=getattr(model, "name_or_path", None), corruption=info["corruption"],
+    settings = dict(spec.settings(), model=model.name_or_path, corruption=info["corruption"],
                     corruption_kind=spec.corruption.to_dict()["kind"], engine=engine.to_dict(),
                     audio_seconds=None if seconds is None or not len(seconds) else [float(seconds[0]), float(seconds[-1])],
                     duration=None if getattr(clean, "waveform", None) is None else len(clean.waveform) / clean.sampling_rate)
