@@ -44,24 +44,27 @@ def test_unknown_projector_kind_names_the_known_ones():
 
 
 def test_cli_family_flags_come_from_family_options(monkeypatch):
-    """A family's `options` become flags of every model-loading command, passed on to from_pretrained."""
+    """A family's `options` and `prepare_options` become flags of the commands, passed on to from_pretrained
+    and prepare."""
     import lalm_lens.families as families
     from lalm_lens.cli import args as cli_args
     from lalm_lens.cli import build_parser
     from lalm_lens.families import Option
 
     extra = replace(family_for("qwen2_audio"), name="extra", model_types=("extra",),
-                    options=(Option("vocoder_path", "a local vocoder folder"),))
+                    options=(Option("vocoder_path", "a local vocoder folder"),),
+                    prepare_options=(Option("speaker", "the speaker's name"),))
     monkeypatch.setattr(families, "REGISTRY", families.REGISTRY + (extra,))
     parser = build_parser()
     trace = parser.parse_args(["trace", "--model", "m", "--prompt", "p", "--answer", "a", "--vocoder-path", "v",
-                               "--llm-path", "l"])
+                               "--llm-path", "l", "--speaker", "Ann", "--transcript", " "])
     verify = parser.parse_args(["verify", "m", "--vocoder-path", "v"])
     assert cli_args.load_options(trace) == {"vocoder_path": "v", "llm_path": "l"}
-    assert cli_args.load_options(verify) == {"vocoder_path": "v"}
+    assert cli_args.prepare_options(trace) == {"speaker": "Ann", "transcript": " "}
+    assert cli_args.load_options(verify) == {"vocoder_path": "v"} and cli_args.prepare_options(verify) == {}
     helps = {a.dest: a.help for a in parser._subparsers._group_actions[0].choices["verify"]._actions}
-    assert helps["vocoder_path"] == "extra: a local vocoder folder"
-    assert helps["llm_path"].startswith("desta25, desta2: ")
+    assert helps["vocoder_path"] == "extra: a local vocoder folder" and helps["speaker"] == "extra: the speaker's name"
+    assert helps["llm_path"].startswith("desta25, desta2: ") and helps["transcript"].startswith("desta25, desta2: ")
     seen = {}
     monkeypatch.setattr(HookedLALM, "from_pretrained", classmethod(lambda cls, name, **kw: seen.update(kw, name=name)))
     cli_args.load_model(trace)

@@ -26,26 +26,33 @@ def add_model_args(p: argparse.ArgumentParser, default_model=None) -> None:
     add_family_options(g)
 
 
-def family_options() -> dict[str, tuple]:
-    """Every family's extra `from_pretrained` keyword (`Family.options`): name -> (the option, the families taking it)."""
+def family_options(kind: str = "options") -> dict[str, tuple]:
+    """Every family's extra keyword of one kind (`Family.options`: `from_pretrained`'s; `Family.prepare_options`:
+    `prepare`'s): name -> (the option, the families taking it)."""
     from lalm_lens.families import REGISTRY
 
     options: dict[str, tuple] = {}
     for family in REGISTRY:
-        for option in family.options:
+        for option in getattr(family, kind):
             options.setdefault(option.name, (option, []))[1].append(family.name)
     return options
 
 
-def add_family_options(g) -> None:
+def add_family_options(g, kind: str = "options") -> None:
     """One flag per family option, its help naming the families that take it."""
-    for option, families in family_options().values():
+    for option, families in family_options(kind).values():
         g.add_argument(option.flag, help=f"{', '.join(families)}: {option.help}")
 
 
 def load_options(args: argparse.Namespace) -> dict:
     """The family options given on the command line, as `from_pretrained` keywords."""
     return {name: getattr(args, name) for name in family_options() if getattr(args, name, None)}
+
+
+def prepare_options(args: argparse.Namespace) -> dict:
+    """The family `prepare` options given on the command line (a blank value too: DeSTA's `--transcript " "`)."""
+    return {name: getattr(args, name) for name in family_options("prepare_options")
+            if getattr(args, name, None) is not None}
 
 
 def add_trace_args(p: argparse.ArgumentParser, default_mode: str) -> None:

@@ -50,7 +50,7 @@ def text_config(hf_config):
 
 @dataclass(frozen=True)
 class Option:
-    """An extra `from_pretrained` keyword a family takes (the CLI offers it as `--<name>`, with this help)."""
+    """An extra keyword a family takes (`from_pretrained`'s or `prepare`'s); the CLI offers it as `--<name>`."""
 
     name: str
     help: str
@@ -73,10 +73,12 @@ class Family:
     reference: Reference
     read_config: Callable[..., Any] = read_hf_config  # (checkpoint, **options) -> the family config
     options: tuple[Option, ...] = ()  # extra `from_pretrained` keywords this family takes
+    prepare_options: tuple[Option, ...] = ()  # extra `model.prepare` keywords its prompt builder takes
     weight_sources: Optional[Callable[[Checkpoint, LALMConfig, Any], list[WeightSource]]] = None
     shard_filter: Optional[Callable[[str], bool]] = None  # read only the shards holding keys it accepts
     generation_folder: Callable[[Checkpoint, Any], Path] = lambda ckpt, hf_config: ckpt.folder  # generation_config.json
     model_class: Optional[type] = None  # a `HookedLALM` subclass for a new way of wiring the parts; None: `HookedLALM`
+    # (built as `model_class(config, family=..., prompts=..., name_or_path=...)`)
 
     @classmethod
     def from_conversion(cls, conversion, **fields) -> "Family":

@@ -73,6 +73,7 @@ DESTA25 = Family(
     read_config=read_sources,
     options=(Option("encoder_path", "a local Whisper folder instead of the config's encoder id"),
              Option("llm_path", "a local LM folder instead of the config's LM id")),
+    prepare_options=(Option("transcript", "the transcript (default: Whisper decoding)"),),
     weight_sources=weight_sources,
     generation_folder=lambda ckpt, src: src.llm_path,
 )
