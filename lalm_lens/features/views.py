@@ -182,7 +182,7 @@ def feature_activation(model: "HookedLALM", sae: SAE, inp: "PreparedInput", feat
         tokens=[tokens[p] if p < len(tokens) else str(p) for p in positions], times=[start.get(p) for p in positions],
         step=step, duration=duration, item=item,
         spectrogram=np.round(np.asarray(spectrogram(np.asarray(inp.waveform, np.float32), inp.sampling_rate)), 3).tolist(),
-        settings=dict(model=getattr(model, "name_or_path", None)))
+        settings=dict(model=model.name_or_path))
 
 
 @dataclass
@@ -269,7 +269,7 @@ def top_windows_many(model: "HookedLALM", sae: SAE, items: Sequence, features: S
                                      position=pos))
     return {f: TopWindows(hook=hook, feature=f, window_seconds=window_seconds, n_items=len(items), n_windows=n,
                           windows=sorted(rows, key=lambda w: -w["activation"])[:k],
-                          settings=dict(model=getattr(model, "name_or_path", None)))
+                          settings=dict(model=model.name_or_path))
             for f, rows in found.items()}
 
 

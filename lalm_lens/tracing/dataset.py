@@ -229,7 +229,7 @@ def stale_records(items: list[Item], done: dict[str, dict], source) -> set[str]:
 
 def dataset_settings(model: "HookedLALM", spec: TraceSpec, filter: Optional[str]) -> dict:
     """The settings a records file is written under (a resume with others is refused)."""
-    return dict(spec.settings(), model=getattr(model, "name_or_path", None), dtype=str(model.cfg.dtype),
+    return dict(spec.settings(), model=model.name_or_path, dtype=str(model.cfg.dtype),
                 filter=None if filter is None else "checks")
 
 

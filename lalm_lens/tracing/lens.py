@@ -149,6 +149,6 @@ def logit_lens(model: "HookedLALM", inp: "PreparedInput", corruption="silence", 
         metric=dict(metric.to_dict(), describe=metric.describe()), clean=clean, corrupted=corrupted,
         clean_top=clean_top, corrupted_top=corrupted_top, audio_positions=audio,
         audio_seconds=None if not seconds or seconds[0] is None else seconds[0].tolist(), audio_rank=ranks,
-        settings=dict(model=getattr(model, "name_or_path", None), top_k=top_k,
+        settings=dict(model=model.name_or_path, top_k=top_k,
                       corruption=None if corruption is None else corruption.to_dict()),
     )

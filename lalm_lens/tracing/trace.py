@@ -213,7 +213,7 @@ def trace_settings(model: "HookedLALM", prep: PreparedTrace) -> dict:
     spec, clean = prep.spec, prep.clean
     meta = getattr(clean, "meta", {}) or {}
     seconds = (meta.get("audio_seconds") or [None])[0]
-    settings = dict(spec.settings(), model=getattr(model, "name_or_path", None), corruption=prep.labels.corruption,
+    settings = dict(spec.settings(), model=model.name_or_path, corruption=prep.labels.corruption,
                     corruption_kind=spec.corruption.to_dict()["kind"], engine=prep.engine.to_dict(),
                     audio_seconds=None if seconds is None or not len(seconds) else [float(seconds[0]), float(seconds[-1])],
                     duration=None if getattr(clean, "waveform", None) is None else len(clean.waveform) / clean.sampling_rate)
