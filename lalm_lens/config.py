@@ -99,7 +99,7 @@ class EncoderConfig(BlockConfig):
 class ProjectorConfig:
     """Adapter from encoder frames to LM embeddings."""
 
-    kind: str  # "linear" | "stack" | "mlp" | "qformer" | "tagged" (see `lalm_lens.components.projectors`)
+    kind: str  # the projector class (`lalm_lens.components.projector_registry.PROJECTORS`)
     d_in: int
     d_out: int
     d_hidden: Optional[int] = None

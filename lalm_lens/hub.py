@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from weight_conversion.base import CheckpointError, checkpoint_shards, shard_names
+from weight_conversion.errors import CheckpointError
+from weight_conversion.reading import checkpoint_shards, shard_names
 
 METADATA_PATTERNS = ["*.json", "*.jinja", "*.model", "*.tiktoken", "*.txt"]  # no weight files
 

@@ -1,4 +1,4 @@
-"""`HookedLALM.from_pretrained`: resolve a hub id or folder, find its family, stream the weights."""
+"""`HookedLALM.from_pretrained`: resolve a hub id or folder, find its family, build the model, stream the weights."""
 
 from __future__ import annotations
 
@@ -53,19 +53,20 @@ def open_checkpoint(name_or_path: Union[str, Path, Checkpoint], **options) -> tu
 
 
 def load_pretrained(
+    cls: type,
     name_or_path: Union[str, Path, Checkpoint],
     device: Union[str, torch.device, None] = None,
     dtype: Optional[torch.dtype] = None,
     **options,
 ):
-    """Build a `HookedLALM` from a checkpoint without ever loading the original model.
+    """`cls.from_pretrained`: build the model from a checkpoint without ever loading the original model.
 
-    The model is created on the meta device, materialised once on `device`, and
-    filled tensor by tensor, so peak memory stays near one copy of the weights.
-    `dtype` defaults to the checkpoint's own (float32 if it names none).
+    The model (the family's own class if it has one, else `cls`) is created on
+    the meta device with what the loader knows (family, prompts, name), then
+    materialised once on `device` and filled tensor by tensor, so peak memory
+    stays near one copy of the weights. `dtype` defaults to the checkpoint's own
+    (float32 if it names none).
     """
-    from lalm_lens.model import HookedLALM
-
     ckpt, family, hf_config = open_checkpoint(name_or_path, **options)
     config = family.convert_config(hf_config)
     lm_config = text_config(hf_config)
@@ -74,19 +75,14 @@ def load_pretrained(
     for cfg in (config.lm, config.encoder):
         cfg.dtype, cfg.device = dtype, str(device)
     config.eos_token_ids = eos_token_ids(family.generation_folder(ckpt, hf_config), lm_config)
+    prompts = family.prompts(ckpt, config, hf_config)
+    name = str(ckpt.folder) if isinstance(name_or_path, Checkpoint) else str(name_or_path)
     with torch.device("meta"):
-        model = (family.model_class or HookedLALM)(config)
+        model = (family.model_class or cls)(config, family=family, prompts=prompts, name_or_path=name)
     model.to_empty(device=device)
     model.reset_buffers()
     filled: set[str] = set()
     for source in family.sources(ckpt, config, hf_config):
         filled |= load_checkpoint(model, stream(source), source.key_map, what=source.what)
     finish_loading(model, filled, family.absent, what=f"checkpoint {ckpt.name}")
-    model.eval()
-    model.family = family
-    model.prompts = family.prompts(ckpt, config, hf_config)
-    if model.prompts is not None:
-        model.processor = model.prompts.processor
-        model.tokenizer = model.prompts.tokenizer
-    model.name_or_path = str(ckpt.folder) if isinstance(name_or_path, Checkpoint) else str(name_or_path)
-    return model
+    return model.eval()

@@ -21,25 +21,19 @@ from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
-from lalm_lens.components.encoders import build_encoder
 from lalm_lens.components.block import TransformerBlock, make_norm
 from lalm_lens.components.embed import Embed
+from lalm_lens.components.encoders import build_encoder
 from lalm_lens.components.kv_cache import KVCache
 from lalm_lens.components.masks import LMContext, attention_bias
 from lalm_lens.components.multimodal_rotary import make_rotary
-from lalm_lens.components.projectors import (IdentityProjector, LinearProjector, MLPProjector, RotaryTimeProjector,
-                                            StackProjector, TaggedProjector)
-from lalm_lens.components.qformer import QFormerProjector
+from lalm_lens.components.projector_registry import build_projector
 from lalm_lens.components.rotary import Rotary
 from lalm_lens.components.unembed import TiedUnembed, Unembed
-from lalm_lens.components.window_qformer import WindowQFormerProjector
 from lalm_lens.config import LALMConfig
 from lalm_lens.features.splice import SpliceMixin
 from lalm_lens.inputs.prepared import PreparedInput
 
-PROJECTORS = {"linear": LinearProjector, "stack": StackProjector, "mlp": MLPProjector, "qformer": QFormerProjector,
-              "tagged": TaggedProjector, "identity": IdentityProjector, "rotary_time_mlp": RotaryTimeProjector,
-              "window_qformer": WindowQFormerProjector}
 MODEL_INPUTS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask", "position_ids", "audio_embeds")
 INPUT_ALIASES = {"input_features_mask": "feature_attention_mask"}  # Audio Flamingo 3's processor
 IGNORED_INPUTS = ("num_audio_tokens", "token_type_ids")
@@ -49,16 +43,20 @@ class HookedLALM(SpliceMixin, HookedRootModule):
     """A hookable large audio language model with converted weights.
 
     Build one with `HookedLALM.from_pretrained(name_or_path)`; `HookedLALM(config)`
-    gives a randomly initialised model of the same shape.
+    gives a randomly initialised model of the same shape. The loader passes what
+    it knows of the checkpoint: its `family` (a `Family` value), its `prompts`
+    (the family's `PromptBuilder`, None without processor files) and its
+    `name_or_path`; all three are None for a model built from a config.
     """
 
-    def __init__(self, config: LALMConfig):
+    def __init__(self, config: LALMConfig, *, family: Any = None, prompts: Any = None,
+                 name_or_path: Optional[str] = None):
         super().__init__()
         self.config = config
         self.cfg = config.lm
         cfg = self.cfg
         self.audio_encoder = build_encoder(config.encoder)
-        self.audio_projector = PROJECTORS[config.projector.kind](config.projector, cfg.dtype)
+        self.audio_projector = build_projector(config.projector, cfg.dtype)
         self.embed = Embed(cfg)
         self.hook_audio_embeds = HookPoint()  # [n_audio_tokens, d_model]
         self.hook_embed = HookPoint()  # [batch, pos, d_model]: token + audio embeddings
@@ -66,10 +64,11 @@ class HookedLALM(SpliceMixin, HookedRootModule):
         self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
         self.ln_final = make_norm(cfg)
         self.unembed = TiedUnembed(cfg, self.embed) if cfg.tie_word_embeddings else Unembed(cfg)
-        self.family = None  # the `Family` value, set by from_pretrained
-        self.prompts = None  # the family's `PromptBuilder`, when the checkpoint has a processor
-        self.processor = None
-        self.tokenizer = None
+        self.family = family
+        self.prompts = prompts
+        self.processor = prompts.processor if prompts is not None else None
+        self.tokenizer = prompts.tokenizer if prompts is not None else None
+        self.name_or_path = name_or_path
         self.setup()
 
     # ------------------------------------------------------------------ loading
@@ -77,10 +76,11 @@ class HookedLALM(SpliceMixin, HookedRootModule):
     def from_pretrained(
         cls, name_or_path: str, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None, **kwargs: Any
     ) -> "HookedLALM":
-        """Load a checkpoint (hub id or local folder); the family comes from `config.json`."""
-        from lalm_lens.loading import load_pretrained
+        """Load a checkpoint (hub id or local folder); the family comes from `config.json`, and a family
+        with a model class of its own (e.g. Granite Speech) gets an instance of that class."""
+        from lalm_lens.loading import load_pretrained  # above this module: the registry holds subclasses of it
 
-        return load_pretrained(name_or_path, device=device, dtype=dtype, **kwargs)
+        return load_pretrained(cls, name_or_path, device=device, dtype=dtype, **kwargs)
 
     def init_weights(self, std: float = 0.02, seed: Optional[int] = None) -> "HookedLALM":
         """Random normal weights, unit norms; for toy models and benchmarks."""

@@ -14,6 +14,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from lalm_lens.loading import open_checkpoint
+from lalm_lens.model import HookedLALM
+
 RELATIVE_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 0.05, torch.float16: 0.05}
 
 
@@ -127,9 +130,6 @@ def verify(
     never share the device (a 30 B model in float32 fits one 141 GB GPU once, not twice).
     """
     import gc
-
-    from lalm_lens.loading import open_checkpoint
-    from lalm_lens.model import HookedLALM
 
     ckpt, family, family_config = open_checkpoint(name_or_path, **load_kwargs)
     model = HookedLALM.from_pretrained(ckpt, device=device, dtype=dtype, **load_kwargs)

@@ -6,6 +6,6 @@ imports nothing from `lalm_lens` but `lalm_lens.config`. The family itself
 (prompts, reference, loading) is a `lalm_lens.families.Family` value.
 """
 
-from weight_conversion.base import CheckpointError, UnknownFamilyError
+from weight_conversion.errors import CheckpointError, UnknownFamilyError
 
 __all__ = ["CheckpointError", "UnknownFamilyError"]

@@ -13,9 +13,9 @@ still writes) and the transformers >= 5 in-memory layout (`model.audio_tower.*`,
 from __future__ import annotations
 
 from lalm_lens.config import LALMConfig, ProjectorConfig
-from weight_conversion.base import KeyMap, Rule, transpose
 from weight_conversion.common import (MODEL_PREFIX_ALIASES, lm_block_config, lm_rules, whisper_encoder_config,
                                       whisper_encoder_rules)
+from weight_conversion.keys import KeyMap, Rule, transpose
 
 MAX_AUDIO_SECONDS = 600  # AudioFlamingo3Processor(max_audio_len=600): 20 windows of 30 s, the rest cut
 # Parameters with no checkpoint counterpart (kept at zero): Whisper's k_proj and Qwen2's o_proj/MLP have no bias.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from weight_conversion.base import Rule, heads_bias, heads_in, heads_out, transpose
+from weight_conversion.keys import Rule, heads_bias, heads_in, heads_out, transpose
 from lalm_lens.config import BlockConfig, EncoderConfig
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lalm_lens.config import LALMConfig, ProjectorConfig
-from weight_conversion.base import CheckpointError, KeyMap, Rule, heads_bias, heads_in, heads_out, transpose
 from weight_conversion.common import lm_block_config, lm_rules, whisper_encoder_config, whisper_encoder_rules
+from weight_conversion.errors import CheckpointError
+from weight_conversion.keys import KeyMap, Rule, heads_bias, heads_in, heads_out, transpose
 
 N_QUERIES = 64
 QFORMER_D_MLP = 3072  # BertConfig() default, kept by the original

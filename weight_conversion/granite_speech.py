@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Optional
 
 from lalm_lens.config import ConformerConfig, GraniteLMConfig, LALMConfig, ProjectorConfig
-from weight_conversion.base import KeyMap, Rule, heads_bias, heads_in, heads_out, split, transpose
 from weight_conversion.common import lm_block_config, lm_rules
+from weight_conversion.keys import KeyMap, Rule, heads_bias, heads_in, heads_out, split, transpose
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 # Granite's LM has no biases (attention_bias / mlp_bias False) and a tied head; the Q-Former has all its biases.

@@ -16,8 +16,8 @@ Keys, three layouts mapped onto one:
 from __future__ import annotations
 
 from lalm_lens.config import LALMConfig, ProjectorConfig
-from weight_conversion.base import KeyMap, Rule, transpose
 from weight_conversion.common import lm_block_config, lm_rules, whisper_encoder_config, whisper_encoder_rules
+from weight_conversion.keys import KeyMap, Rule, transpose
 
 # Parameters with no checkpoint counterpart (kept at zero).
 ABSENT = ("audio_encoder.blocks.*.attn.b_K", "blocks.*.attn.b_O", "blocks.*.mlp.b_*", "unembed.b_U")

@@ -10,9 +10,9 @@ layout (`model.audio_tower.*`, `model.language_model.*`, `lm_head.*`).
 from __future__ import annotations
 
 from lalm_lens.config import LALMConfig, ProjectorConfig
-from weight_conversion.base import KeyMap, Rule, transpose
 from weight_conversion.common import (MODEL_PREFIX_ALIASES, lm_block_config, lm_rules, whisper_encoder_config,
                                       whisper_encoder_rules)
+from weight_conversion.keys import KeyMap, Rule, transpose
 
 # Parameters with no checkpoint counterpart (kept at zero).
 ABSENT = ("audio_encoder.blocks.*.attn.b_K", "blocks.*.attn.b_O", "blocks.*.mlp.b_*", "unembed.b_U")

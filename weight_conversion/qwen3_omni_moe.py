@@ -21,8 +21,8 @@ Keys, three layouts mapped onto one (the thinker-only one):
 from __future__ import annotations
 
 from lalm_lens.config import LALMConfig, ProjectorConfig
-from weight_conversion.base import KeyMap, Rule, transpose
 from weight_conversion.common import lm_block_config, lm_rules, whisper_encoder_config, whisper_encoder_rules
+from weight_conversion.keys import KeyMap, Rule, transpose
 
 # Parameters with no checkpoint counterpart (kept at zero): the LM has no attention or MLP biases.
 ABSENT = ("blocks.*.attn.b_*", "blocks.*.mlp.b_*", "unembed.b_U")

@@ -15,7 +15,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from lalm_lens.config import BlockConfig, EncoderConfig, LALMConfig, ProjectorConfig
-from weight_conversion.base import CheckpointError, KeyMap, Rule, heads_bias, heads_in, heads_out, split, transpose
+from weight_conversion.errors import CheckpointError
+from weight_conversion.keys import KeyMap, Rule, heads_bias, heads_in, heads_out, split, transpose
 
 ABSENT = ("audio_encoder.blocks.*.attn.b_K", "blocks.*.attn.b_O", "blocks.*.mlp.b_*", "unembed.b_U")
 # The audio pad token `[[[AUDIO:modality]]]` is the first of the tokenizer's audio specials, which end

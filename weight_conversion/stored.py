@@ -20,6 +20,8 @@ from typing import BinaryIO, Optional
 import torch
 from torch import Tensor
 
+from weight_conversion.errors import CheckpointError
+
 SLAB = 1 << 20  # elements read, cast and checked at a time: 4 MiB of float32, small enough that the
 # allocator reuses one slab's memory for the next (glibc maps larger blocks, then keeps freed ones in its heap)
 
@@ -49,8 +51,6 @@ class StoredTensor:
         with nullcontext(f) if f is not None else open(self.path, "rb") as f:
             f.seek(self.start + first * size)
             if count and f.readinto(buf.numpy()) != count * size:
-                from weight_conversion.base import CheckpointError
-
                 raise CheckpointError(f"{self.path.name} is truncated")
         return buf.view(self.dtype)
 

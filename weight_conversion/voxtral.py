@@ -9,9 +9,9 @@ Linear, no biases (375 tokens per 30 s chunk); Llama LM (GQA, no biases).
 from __future__ import annotations
 
 from lalm_lens.config import LALMConfig, ProjectorConfig
-from weight_conversion.base import KeyMap, Rule, transpose
 from weight_conversion.common import (MODEL_PREFIX_ALIASES, lm_block_config, lm_rules, whisper_encoder_config,
                                       whisper_encoder_rules)
+from weight_conversion.keys import KeyMap, Rule, transpose
 
 STACK = 4  # encoder frames per audio token
 ABSENT = ("audio_encoder.blocks.*.attn.b_K", "audio_projector.b_*", "blocks.*.attn.b_*", "blocks.*.mlp.b_*", "unembed.b_U")

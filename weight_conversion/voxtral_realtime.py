@@ -12,8 +12,8 @@ embeddings tied to the head.
 from __future__ import annotations
 
 from lalm_lens.config import EncoderConfig, LALMConfig, ProjectorConfig
-from weight_conversion.base import KeyMap, Rule, heads_bias, heads_in, heads_out, transpose
 from weight_conversion.common import MODEL_PREFIX_ALIASES, lm_block_config, lm_rules
+from weight_conversion.keys import KeyMap, Rule, heads_bias, heads_in, heads_out, transpose
 
 ADA_WIDTH = 32  # `VoxtralRealtimeTextAdaRmsNorm`: hidden -> 32 -> hidden
 TIME_THETA = 10000.0  # `VoxtralRealtimeTimeEmbedding`'s default theta

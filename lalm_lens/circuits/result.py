@@ -1,28 +1,29 @@
-"""`EdgeScores`: the typed result of edge attribution (save/load, summary, table, plot)."""
+"""`EdgeScores`: the typed result of edge attribution (save/load, summary, table, plot).
+
+Files of the first edge-scores format (`"schema": "lalm-lens/edge-scores/1"`, no
+`kind`) still load: `lalm_lens.result.upgrade` reads them."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from lalm_lens.circuits.graph import Graph
-from lalm_lens.pages import Viewable
-
-SCHEMA = "lalm-lens/edge-scores/1"
+from lalm_lens.result import Result
+from lalm_lens.tracing.numbers import to_float, to_floats
 
 
 @dataclass
-class EdgeScores(Viewable):
+class EdgeScores(Result):
     """Scores of every edge of `graph` (`scores[s, r]`, 0 where no edge; `[s, r, g]` by position group)."""
 
     graph: Graph
-    scores: Tensor
+    scores: Float[Tensor, "sender receiver *group"]
     method: str
     steps: int
     clean: float
@@ -32,13 +33,15 @@ class EdgeScores(Viewable):
     corruption: dict
     position_groups: Optional[list[str]] = None
     settings: dict = field(default_factory=dict)
+    kind: ClassVar[str] = "edge_scores"
+    what: ClassVar[str] = "edge-scores file"
 
     @property
-    def edge_scores(self) -> Tensor:
+    def edge_scores(self) -> Float[Tensor, "sender receiver"]:
         """`[senders, receivers]`: summed over position groups where kept apart."""
         return self.scores if self.scores.ndim == 2 else self.scores.sum(-1)
 
-    def flat(self) -> tuple[list[tuple[str, str]], Tensor]:
+    def flat(self) -> tuple[list[tuple[str, str]], Float[Tensor, " edge"]]:
         """Every valid edge's `(sender, receiver)` and its score, in one order."""
         idx = self.graph.valid.nonzero()
         return self.graph.edge_names(), self.edge_scores[idx[:, 0], idx[:, 1]]
@@ -66,29 +69,20 @@ class EdgeScores(Viewable):
         return pd.DataFrame({"sender": [s for s, _ in names], "receiver": [r for _, r in names], "score": values.tolist()})
 
     def to_json(self) -> dict[str, Any]:
-        return dict(schema=SCHEMA, graph=self.graph.to_dict(), scores=self.scores.tolist(), method=self.method,
-                    steps=self.steps, clean=self.clean, corrupted=self.corrupted, n_items=self.n_items,
-                    metric=self.metric, corruption=self.corruption, position_groups=self.position_groups,
-                    settings=self.settings)
-
-    def save(self, path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), allow_nan=False))
-        return path
+        return dict(super().to_json(), graph=self.graph.to_dict())
 
     @classmethod
-    def load(cls, path) -> "EdgeScores":
-        d = json.loads(Path(path).read_text())
-        if d.get("schema") != SCHEMA:
-            raise ValueError(f"{path} is not an edge-scores file (schema {d.get('schema')!r}, expected {SCHEMA!r})")
-        graph = Graph.from_dict(d["graph"])
-        return cls(graph=graph, scores=torch.tensor(d["scores"], dtype=torch.float64), method=d["method"],
-                   steps=d["steps"], clean=d["clean"], corrupted=d["corrupted"], n_items=d["n_items"],
-                   metric=d["metric"], corruption=d["corruption"], position_groups=d.get("position_groups"),
-                   settings=d.get("settings") or {})
+    def _from_json(cls, d: dict[str, Any], source: str) -> "EdgeScores":
+        try:
+            d["graph"] = Graph.from_dict(d["graph"])
+            d["scores"] = torch.tensor(to_floats(d["scores"]), dtype=torch.float64)
+            d["clean"], d["corrupted"] = to_float(d["clean"]), to_float(d["corrupted"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{source} is not a valid edge-scores file ({type(err).__name__}: {err})") from None
+        d["settings"] = d.get("settings") or {}
+        return super()._from_json(d, source)
 
-    def node_matrix(self) -> tuple[list[str], list[str], Tensor]:
+    def node_matrix(self) -> tuple[list[str], list[str], Float[Tensor, "sender receiver_node"]]:
         """Scores summed into sender nodes x receiver nodes (a head's q, k and v inputs together)."""
         rec_nodes = list(dict.fromkeys(r.node for r in self.graph.receivers))
         m = torch.zeros(len(self.graph.senders), len(rec_nodes), dtype=torch.float64)

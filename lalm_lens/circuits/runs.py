@@ -17,7 +17,7 @@ from torch import Tensor
 
 from lalm_lens.circuits.graph import Graph
 from lalm_lens.tracing.engines.base import TraceJob
-from lalm_lens.tracing.trace import TraceSpec, prepare_job
+from lalm_lens.tracing.trace import Layout, TraceSpec, prepare_job
 
 FLAGS = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
 
@@ -56,11 +56,11 @@ class EdgeItem:
 
 
 def edge_item(model, graph: Graph, spec: TraceSpec, clean, answer) -> EdgeItem:
-    job, info = prepare_job(model, spec, clean, answer, cells=lambda groups: [])
+    job, labels, _ = prepare_job(model, spec, clean, answer, layout=lambda groups: Layout([]))
     seconds = (getattr(clean, "meta", None) or {}).get("audio_seconds")
     seconds = None if not seconds or seconds[0] is None else [float(t) for t in seconds[0]]
-    masks = graph.input_masks(info["groups"], seconds).to(model.device)
-    return EdgeItem(job, info["groups"], masks, info["answer"])
+    masks = graph.input_masks(labels.groups, seconds).to(model.device)
+    return EdgeItem(job, labels.groups, masks, labels.answer)
 
 
 def _inputs_of(item: EdgeItem, corrupted: bool) -> tuple[dict, list]:

@@ -12,7 +12,7 @@ import sys
 import traceback
 import warnings
 
-from lalm_lens.cli.args import DTYPES, CLIError
+from lalm_lens.cli.args import DTYPES, CLIError, add_family_options, load_options, prepare_options
 from lalm_lens.cli import circuit as circuit_command
 from lalm_lens.cli import features as features_command
 from lalm_lens.cli import report as report_command
@@ -37,10 +37,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if args.audio:
         check_audio_file(args.audio, "--audio")
-    load = {k: v for k, v in (("encoder_path", args.encoder_path), ("llm_path", args.llm_path)) if v}
-    prepare = {"transcript": args.transcript} if args.transcript is not None else {}
     report = verify(args.model, audio=args.audio, prompt=args.prompt, dtype=DTYPES.get(args.dtype), device=args.device,
-                    prepare_kwargs=prepare, sequential=args.sequential, **load)
+                    prepare_kwargs=prepare_options(args), sequential=args.sequential, **load_options(args))
     print(report)
     return 0 if report.passed else 1
 
@@ -85,9 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--prompt", default="Describe the audio.", help="the user's text")
     v.add_argument("--dtype", choices=sorted(DTYPES), help="both models' dtype (default: the checkpoint's own)")
     v.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    v.add_argument("--encoder-path", help="DeSTA: a local Whisper folder instead of the config's encoder id")
-    v.add_argument("--llm-path", help="DeSTA: a local LM folder instead of the config's LM id")
-    v.add_argument("--transcript", help="DeSTA: the transcript to use instead of Whisper decoding")
+    add_family_options(v)
+    add_family_options(v, "prepare_options")
     v.add_argument("--sequential", action="store_true",
                    help="run ours, keep only the compared states (on the CPU), free it, then load and run the "
                         "original: one model's memory at a time (for models whose two copies do not fit)")

@@ -23,8 +23,36 @@ def add_model_args(p: argparse.ArgumentParser, default_model=None) -> None:
                    help="hub id or checkpoint folder ('demo': the bundled demo model)")
     g.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="weights' dtype (default: the checkpoint's own)")
-    g.add_argument("--encoder-path", help="DeSTA: a local Whisper folder instead of the config's encoder id")
-    g.add_argument("--llm-path", help="DeSTA: a local LM folder instead of the config's LM id")
+    add_family_options(g)
+
+
+def family_options(kind: str = "options") -> dict[str, tuple]:
+    """Every family's extra keyword of one kind (`Family.options`: `from_pretrained`'s; `Family.prepare_options`:
+    `prepare`'s): name -> (the option, the families taking it)."""
+    from lalm_lens.families import REGISTRY
+
+    options: dict[str, tuple] = {}
+    for family in REGISTRY:
+        for option in getattr(family, kind):
+            options.setdefault(option.name, (option, []))[1].append(family.name)
+    return options
+
+
+def add_family_options(g, kind: str = "options") -> None:
+    """One flag per family option, its help naming the families that take it."""
+    for option, families in family_options(kind).values():
+        g.add_argument(option.flag, help=f"{', '.join(families)}: {option.help}")
+
+
+def load_options(args: argparse.Namespace) -> dict:
+    """The family options given on the command line, as `from_pretrained` keywords."""
+    return {name: getattr(args, name) for name in family_options() if getattr(args, name, None)}
+
+
+def prepare_options(args: argparse.Namespace) -> dict:
+    """The family `prepare` options given on the command line (a blank value too: DeSTA's `--transcript " "`)."""
+    return {name: getattr(args, name) for name in family_options("prepare_options")
+            if getattr(args, name, None) is not None}
 
 
 def add_trace_args(p: argparse.ArgumentParser, default_mode: str) -> None:
@@ -143,7 +171,4 @@ def check_writable(folder: str) -> Path:
 def load_model(args: argparse.Namespace):
     from lalm_lens import HookedLALM
 
-    load = {k: v for k, v in (("encoder_path", args.encoder_path), ("llm_path", args.llm_path)) if v}
-    model = HookedLALM.from_pretrained(args.model, device=args.device, dtype=DTYPES.get(args.dtype), **load)
-    model.name_or_path = args.model
-    return model
+    return HookedLALM.from_pretrained(args.model, device=args.device, dtype=DTYPES.get(args.dtype), **load_options(args))

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from lalm_lens.cli.args import (DEMOS, CLIError, add_model_args, add_trace_args, check_audio_file, check_model_name,
-                                check_writable, load_model, trace_settings)
+from lalm_lens.cli.args import (DEMOS, CLIError, add_family_options, add_model_args, add_trace_args, check_audio_file,
+                                check_model_name, check_writable, load_model, prepare_options, trace_settings)
 from lalm_lens.cli.report import add_html_arg, clip_of
 
 
@@ -19,7 +19,7 @@ def add_item_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--answer", help="the expected one-token answer (a string, or a token id)")
     g.add_argument("--options", nargs="+", help="the answer options named in the prompt (the 'object' tokens)")
     g.add_argument("--answer-prefix", help="text after the generation prompt, e.g. \"The speaker's gender is\"")
-    g.add_argument("--transcript", help="DeSTA: the transcript (default: Whisper decoding)")
+    add_family_options(g, "prepare_options")
 
 
 def add_parsers(sub, formatter) -> None:
@@ -106,8 +106,7 @@ def load_item(args: argparse.Namespace, out: Path):
         audio, prompt, answer, options, prefix = demo_example(out / "demo_clip.wav", seed=args.seed, task=task)
         print(f"demo clip: {out / 'demo_clip.wav'}\nprompt: {prompt}\nanswer prefix: {prefix!r}; "
               f"expected answer: {answer!r}")
-    extra = {"transcript": args.transcript} if args.transcript is not None else {}
-    inp = model.prepare(audio, prompt, answer_prefix=prefix, options=options, **extra)
+    inp = model.prepare(audio, prompt, answer_prefix=prefix, options=options, **prepare_options(args))
     return model, inp, _answer(answer), dict(prompt=prompt, answer=answer, answer_prefix=prefix, options=options)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 from lalm_lens.families.audio_flamingo3 import AUDIO_FLAMINGO3
-from lalm_lens.families.base import Family, Reference
+from lalm_lens.families.base import Family, Option, Reference
 from lalm_lens.families.desta import DESTA2, DESTA25
 from lalm_lens.families.music_flamingo import MUSIC_FLAMINGO
 from lalm_lens.families.granite_speech import GRANITE_SPEECH
@@ -21,7 +21,7 @@ from lalm_lens.families.qwen3_omni_moe import QWEN3_OMNI_MOE
 from lalm_lens.families.qwen_audio import QWEN_AUDIO
 from lalm_lens.families.voxtral import VOXTRAL
 from lalm_lens.families.voxtral_realtime import VOXTRAL_REALTIME
-from weight_conversion.base import UnknownFamilyError
+from weight_conversion.errors import UnknownFamilyError
 
 REGISTRY: tuple[Family, ...] = (QWEN2_AUDIO, VOXTRAL, DESTA25, DESTA2, QWEN_AUDIO, AUDIO_FLAMINGO3, QWEN2_5_OMNI,
                                 QWEN3_OMNI_MOE, VOXTRAL_REALTIME, MUSIC_FLAMINGO, GRANITE_SPEECH)
@@ -36,4 +36,4 @@ def family_for(model_type: Optional[str]) -> Family:
     raise UnknownFamilyError(f"unknown model family {model_type!r} in config.json; lalm-lens supports: {', '.join(known)}")
 
 
-__all__ = ["Family", "REGISTRY", "Reference", "family_for"]
+__all__ = ["Family", "Option", "REGISTRY", "Reference", "family_for"]

@@ -16,7 +16,8 @@ from torch import nn
 
 from lalm_lens.config import LALMConfig
 from lalm_lens.hub import Checkpoint
-from weight_conversion.base import KeyMap, WeightSource
+from weight_conversion.base import WeightSource
+from weight_conversion.keys import KeyMap
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,18 @@ def text_config(hf_config):
 
 
 @dataclass(frozen=True)
+class Option:
+    """An extra keyword a family takes (`from_pretrained`'s or `prepare`'s); the CLI offers it as `--<name>`."""
+
+    name: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
 class Family:
     """One model family. Adding a family = one `Family` value, one key-table module, one registry line."""
 
@@ -59,11 +72,13 @@ class Family:
     prompts: Callable[[Checkpoint, LALMConfig, Any], Optional[Any]]  # -> a PromptBuilder, or None without a processor
     reference: Reference
     read_config: Callable[..., Any] = read_hf_config  # (checkpoint, **options) -> the family config
-    options: tuple[str, ...] = ()  # extra `from_pretrained` keywords this family takes
+    options: tuple[Option, ...] = ()  # extra `from_pretrained` keywords this family takes
+    prepare_options: tuple[Option, ...] = ()  # extra `model.prepare` keywords its prompt builder takes
     weight_sources: Optional[Callable[[Checkpoint, LALMConfig, Any], list[WeightSource]]] = None
     shard_filter: Optional[Callable[[str], bool]] = None  # read only the shards holding keys it accepts
     generation_folder: Callable[[Checkpoint, Any], Path] = lambda ckpt, hf_config: ckpt.folder  # generation_config.json
     model_class: Optional[type] = None  # a `HookedLALM` subclass for a new way of wiring the parts; None: `HookedLALM`
+    # (built as `model_class(config, family=..., prompts=..., name_or_path=...)`)
 
     @classmethod
     def from_conversion(cls, conversion, **fields) -> "Family":
@@ -79,8 +94,9 @@ class Family:
 
     def open(self, ckpt: Checkpoint, **options):
         """The family config of a checkpoint, refusing keywords this family does not take."""
-        unknown = sorted(set(options) - set(self.options))
+        names = [option.name for option in self.options]
+        unknown = sorted(set(options) - set(names))
         if unknown:
-            takes = f"it takes {', '.join(self.options)}" if self.options else "it takes none"
+            takes = f"it takes {', '.join(names)}" if names else "it takes none"
             raise TypeError(f"{', '.join(unknown)} do(es) not apply to {self.name} checkpoints ({takes})")
         return self.read_config(ckpt, **options)

@@ -16,20 +16,24 @@ it, and scores the largest activation among them.
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, ClassVar, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from lalm_lens.features.sae import SAE
-from lalm_lens.pages import Viewable
+from lalm_lens.result import Result
+from lalm_lens.tracing.numbers import to_floats
 
-SCHEMA = 1
+if TYPE_CHECKING:
+    from lalm_lens.inputs.prepared import PreparedInput
+    from lalm_lens.model import HookedLALM
 
 
 def _check_feature(sae: SAE, feature) -> int:
@@ -38,7 +42,7 @@ def _check_feature(sae: SAE, feature) -> int:
     return int(feature)
 
 
-def _spliced(model, sae: SAE):
+def _spliced(model: "HookedLALM", sae: SAE):
     """The SAE's splice path, splicing it for the call (removed after) when it is not spliced yet."""
     try:
         return model.sae_hook(sae), nullcontext()
@@ -46,7 +50,8 @@ def _spliced(model, sae: SAE):
         return None, model.saes([sae])
 
 
-def feature_acts(model, sae: SAE, inp) -> tuple[torch.Tensor, list[int], str]:
+def feature_acts(model: "HookedLALM", sae: SAE,
+                 inp: "PreparedInput") -> tuple[Float[Tensor, "n d_sae"], list[int], str]:
     """`(acts [n, d_sae], positions, splice path)`: every feature at the prompt positions with a value (row 0)."""
     if inp.batch_size != 1:
         raise ValueError(f"inp has {inp.batch_size} rows: feature views read one clip at a time")
@@ -67,7 +72,7 @@ def feature_acts(model, sae: SAE, inp) -> tuple[torch.Tensor, list[int], str]:
                      "feature views need an LM hook or hook_audio_embeds (audio-encoder frames have no prompt position)")
 
 
-def _timing(inp) -> tuple[dict[int, float], float, float]:
+def _timing(inp: "PreparedInput") -> tuple[dict[int, float], float, float]:
     """`({audio position: start s}, seconds per audio token, clip duration)`."""
     seconds = (getattr(inp, "meta", None) or {}).get("audio_seconds")
     if not seconds or seconds[0] is None:
@@ -79,7 +84,7 @@ def _timing(inp) -> tuple[dict[int, float], float, float]:
 
 
 @dataclass
-class FeatureActivation(Viewable):
+class FeatureActivation(Result):
     """One feature's activation at every position of one clip's prompt (`times[j]`: start s, None for text)."""
 
     hook: str
@@ -94,6 +99,11 @@ class FeatureActivation(Viewable):
     spectrogram: Optional[list] = None  # [n_mels, frames] log-mel of the clip, for the figure
     settings: dict = field(default_factory=dict)
     kind: ClassVar[str] = "feature_activation"
+
+    @classmethod
+    def _from_json(cls, d: dict, source: str) -> "FeatureActivation":
+        d["values"] = to_floats(d["values"])  # NaN was saved as null
+        return super()._from_json(d, source)
 
     def audio(self) -> list[int]:
         """Indices j of the audio positions that lie in the clip."""
@@ -120,13 +130,6 @@ class FeatureActivation(Viewable):
         return pd.DataFrame([dict(position=p, token=tok, group="text" if t is None else "audio", start=t,
                                   end=None if t is None else t + self.step, activation=v)
                              for p, tok, t, v in zip(self.positions, self.tokens, self.times, self.values)])
-
-    def save(self, path) -> Path:
-        return _save(self, path)
-
-    @classmethod
-    def load(cls, path) -> "FeatureActivation":
-        return _load(cls, path)
 
     def plot(self, title: Optional[str] = None):
         """The activation over the clip's seconds above its spectrogram (shared x), text positions beside;
@@ -165,7 +168,8 @@ class FeatureActivation(Viewable):
         return top
 
 
-def feature_activation(model, sae: SAE, inp, feature: int, item: Optional[str] = None) -> FeatureActivation:
+def feature_activation(model: "HookedLALM", sae: SAE, inp: "PreparedInput", feature: int,
+                       item: Optional[str] = None) -> FeatureActivation:
     """`feature`'s activation at every position of `inp` (one clip), with the audio positions' times."""
     from lalm_lens.tracing.sweeps import spectrogram
 
@@ -178,11 +182,11 @@ def feature_activation(model, sae: SAE, inp, feature: int, item: Optional[str] =
         tokens=[tokens[p] if p < len(tokens) else str(p) for p in positions], times=[start.get(p) for p in positions],
         step=step, duration=duration, item=item,
         spectrogram=np.round(np.asarray(spectrogram(np.asarray(inp.waveform, np.float32), inp.sampling_rate)), 3).tolist(),
-        settings=dict(model=getattr(model, "name_or_path", None)))
+        settings=dict(model=model.name_or_path))
 
 
 @dataclass
-class TopWindows(Viewable):
+class TopWindows(Result):
     """The windows of `window_seconds` (over a dataset's clips) where a feature is largest, best first."""
 
     hook: str
@@ -205,13 +209,6 @@ class TopWindows(Viewable):
 
         return pd.DataFrame(self.windows)
 
-    def save(self, path) -> Path:
-        return _save(self, path)
-
-    @classmethod
-    def load(cls, path) -> "TopWindows":
-        return _load(cls, path)
-
     def plot(self, title: Optional[str] = None):
         from lalm_lens.tracing.plots import _axes
 
@@ -233,7 +230,7 @@ def _check_window(window_seconds) -> float:
     return float(window_seconds)
 
 
-def scan(model, sae: SAE, items: Iterable, features: Sequence[int], window_seconds: float = 0.5):
+def scan(model: "HookedLALM", sae: SAE, items: Iterable, features: Sequence[int], window_seconds: float = 0.5):
     """Per item: `(item, hook, [(start, end, {feature: (max, position)})])`, one entry per window of its clip."""
     from lalm_lens.tracing.sweeps import time_windows
 
@@ -252,7 +249,7 @@ def scan(model, sae: SAE, items: Iterable, features: Sequence[int], window_secon
         yield item, hook, out
 
 
-def top_windows_many(model, sae: SAE, items: Sequence, features: Sequence[int], window_seconds: float = 0.5,
+def top_windows_many(model: "HookedLALM", sae: SAE, items: Sequence, features: Sequence[int], window_seconds: float = 0.5,
                      k: int = 10) -> dict[int, TopWindows]:
     """`top_windows` for several features in one pass over the items."""
     features = [_check_feature(sae, f) for f in features]
@@ -272,16 +269,17 @@ def top_windows_many(model, sae: SAE, items: Sequence, features: Sequence[int], 
                                      position=pos))
     return {f: TopWindows(hook=hook, feature=f, window_seconds=window_seconds, n_items=len(items), n_windows=n,
                           windows=sorted(rows, key=lambda w: -w["activation"])[:k],
-                          settings=dict(model=getattr(model, "name_or_path", None)))
+                          settings=dict(model=model.name_or_path))
             for f, rows in found.items()}
 
 
-def top_windows(model, sae: SAE, items: Sequence, feature: int, window_seconds: float = 0.5, k: int = 10) -> TopWindows:
+def top_windows(model: "HookedLALM", sae: SAE, items: Sequence, feature: int, window_seconds: float = 0.5,
+                k: int = 10) -> TopWindows:
     """The `k` windows of `window_seconds` across `items` (dataset `Item`s) where `feature` is largest."""
     return top_windows_many(model, sae, items, [feature], window_seconds, k)[_check_feature(sae, feature)]
 
 
-def feature_means(model, sae: SAE, items: Sequence) -> torch.Tensor:
+def feature_means(model: "HookedLALM", sae: SAE, items: Sequence) -> Float[Tensor, " d_sae"]:
     """Every feature's mean activation over the audio positions of `items` (`[d_sae]`)."""
     total, count = torch.zeros(sae.cfg.d_sae), 0
     for item in items:
@@ -311,24 +309,3 @@ def write_clips(result: TopWindows, folder: Union[str, Path]) -> list[Path]:
         soundfile.write(str(path), wave, rate)
         paths.append(path)
     return paths
-
-
-def _save(result, path) -> Path:
-    path = Path(path)
-    if path.suffix != ".json":
-        raise ValueError(f"cannot save a {result.kind} as {path.suffix or 'a file without extension'!r}: use .json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(asdict(result), kind=result.kind, schema=SCHEMA), indent=1, allow_nan=False))
-    return path
-
-
-def _load(cls, path):
-    try:
-        d = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is truncated or not JSON ({err})") from None
-    if d.get("kind") != cls.kind or d.get("schema", 0) > SCHEMA:
-        raise ValueError(f"{path} is not a {cls.kind} this lalm-lens reads (kind {d.get('kind')!r}, "
-                         f"schema {d.get('schema')})")
-    d.pop("kind"), d.pop("schema")
-    return cls(**d)

@@ -1,23 +1,37 @@
 """Interactive result pages: `result.to_html(path)` for every result kind, and `write_report(folder)`.
 
-A page kind is one function `page(result, audio) -> Page`, registered with
-`@page_for("<kind>")`; `write_page` picks it by the result's `page_kind`
-(a trace's `kind`, else its class name). New result kinds (circuits, SAE
-features) get a page by writing that one function.
+A page is one function `page(result, audio) -> Page` per result kind (`Result.kind`,
+`lalm_lens.result.KINDS`): the library's are listed in `BUILT_IN`; a kind
+defined elsewhere registers its own with `@page_for("<kind>")`.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 from lalm_lens.pages.builder import Audio, Page
 
-PAGES: dict[str, Callable] = {}
+BUILT_IN: dict[str, str] = {
+    "layers": "lalm_lens.pages.trace:layer_page",
+    "tokens": "lalm_lens.pages.trace:token_page",
+    "audio_time": "lalm_lens.pages.time:time_page",
+    "heads": "lalm_lens.pages.heads:heads_page",
+    "logit_lens": "lalm_lens.pages.lens:lens_page",
+    "knockout": "lalm_lens.pages.knockout:knockout_page",
+    "dataset": "lalm_lens.pages.dataset:dataset_page",
+    "edge_scores": "lalm_lens.pages.circuits:edge_scores_page",
+    "feature_activation": "lalm_lens.pages.features:activation_page",
+    "feature_windows": "lalm_lens.pages.features:windows_page",
+}
+"""The page of every result kind of the library -> `module:function`."""
+
+PAGES: dict[str, Callable] = {}  # pages registered with `page_for` (kinds defined outside the library)
 
 
 def page_for(*kinds: str):
-    """Register a page function for result kinds."""
+    """Register a page function for result kinds defined outside the library."""
 
     def register(fn):
         for kind in kinds:
@@ -29,25 +43,28 @@ def page_for(*kinds: str):
 
 def page_kind(result) -> str:
     kind = getattr(type(result), "kind", None)
-    return kind if isinstance(kind, str) else type(result).__name__
+    return kind if isinstance(kind, str) and kind else type(result).__name__
+
+
+def page_function(kind: str) -> Callable:
+    """The page function of a result kind: registered with `page_for`, else the library's (`BUILT_IN`)."""
+    if kind in PAGES:
+        return PAGES[kind]
+    if kind not in BUILT_IN:
+        known = sorted(set(BUILT_IN) | set(PAGES))
+        raise ValueError(f"no page for results of kind {kind!r} (pages exist for {known}); "
+                         "register one with @lalm_lens.pages.page_for")
+    module, name = BUILT_IN[kind].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def build_page(result, audio: Optional[Audio] = None) -> Page:
-    _load_kinds()
-    kind = page_kind(result)
-    if kind not in PAGES:
-        raise ValueError(f"no page for results of kind {kind!r} (pages exist for {sorted(PAGES)}); "
-                         "register one with @lalm_lens.pages.page_for")
-    return PAGES[kind](result, audio)
+    return page_function(page_kind(result))(result, audio)
 
 
 def write_page(result, path: Union[str, Path], audio: Optional[Audio] = None, js=None) -> Path:
     """The result's page at `path` (.html); `audio`: the clip it was traced on (a file or (wave, rate))."""
     return build_page(result, audio).write(path, js=js)
-
-
-def _load_kinds() -> None:
-    from lalm_lens.pages import circuits, dataset, features, heads, knockout, lens, time, trace  # noqa: F401  (they register)
 
 
 class Viewable:

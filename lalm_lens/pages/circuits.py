@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from lalm_lens.pages import page_for
 from lalm_lens.pages.builder import Page
 
 
-@page_for("EdgeScores")
 def edge_scores_page(result, audio):
     senders, receivers, m = result.node_matrix()
     page = Page(f"{result.method} edge scores · {result.metric} · {result.n_items} item(s)")

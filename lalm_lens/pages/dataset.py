@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from lalm_lens.pages import page_for
 from lalm_lens.pages.builder import Page
 
 BAND = "rgba(60,90,200,0.15)"
@@ -69,7 +68,6 @@ def summary_page(summary: dict[str, Any], title: str, text: str = "") -> Page:
     return page
 
 
-@page_for("DatasetResult")
 def dataset_page(result, audio):
     page = summary_page(result.to_json(), result.title(), result.summary())
     page.audio(audio)

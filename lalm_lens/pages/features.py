@@ -17,11 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lalm_lens.pages import page_for
 from lalm_lens.pages.builder import MARGIN, Page, read_clip
 
 
-@page_for("feature_activation")
 def activation_page(result, audio):
     page = Page(f"feature {result.feature} at {result.hook}" + (f" — {result.item}" if result.item else ""))
     page.text(result.summary())
@@ -80,7 +78,6 @@ def _window_clip(window: dict) -> str:
     return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-@page_for("feature_windows")
 def windows_page(result, audio):
     page = Page(f"feature {result.feature} at {result.hook}: top windows")
     page.text(result.summary())

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from lalm_lens.pages import page_for
 from lalm_lens.pages.common import trace_page
 
 
-@page_for("heads")
 def heads_page(result, audio):
     page = trace_page(result, audio, f"restoring one head's z at {result.settings.get('head_positions')} position(s)")
     heads = list(range(result.patched.shape[1]))

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lalm_lens.pages import page_for
 from lalm_lens.pages.builder import Page
 
 
-@page_for("LensResult")
 def lens_page(result, audio):
     page = Page(f"logit lens · answer {result.answer!r}")
     page.text(result.summary())

@@ -1,7 +1,8 @@
 """`write_report(folder)`: a page for every result saved under a folder, and `index.html` linking them.
 
-Recognised files: trace results (`trace_*.json`, any kind), logit lenses
-(`lens.json`), dataset summaries (`summary.json` of `trace-dataset`) and a study's
+Recognised files: every saved result (`Result.save`: traces `trace_*.json`,
+`lens.json`, knockouts, edge scores, feature views), dataset summaries
+(`summary.json` of `trace-dataset`) and a study's
 `summary.json` (its runs' tables and curves, with CIs on hover). A trace's clip is
 the `.wav` beside it (`demo_clip.wav`, or the only clip there). All pages share one
 `plotly.min.js` at the top of the folder.
@@ -69,10 +70,9 @@ def _clip(folder: Path) -> Optional[Path]:
 
 def page_of(path: Path) -> Optional[tuple[Page, str]]:
     """The page of one saved file and what it shows, or None when the file is no result."""
-    import lalm_lens.tracing  # noqa: F401  (registers every trace kind in RESULT_TYPES)
     from lalm_lens.pages import build_page
-    from lalm_lens.tracing.lens import LensResult
-    from lalm_lens.tracing.results import RESULT_TYPES, TraceResult
+    from lalm_lens.result import KINDS, Result
+    from lalm_lens.tracing.results import TraceResult
 
     try:
         data = json.loads(path.read_text())
@@ -80,14 +80,13 @@ def page_of(path: Path) -> Optional[tuple[Page, str]]:
         return None
     if not isinstance(data, dict):
         return None
-    if "counts" in data and "n_items" in data:
+    if "counts" in data and "n_items" in data:  # a dataset summary (with its records or, older, without)
         return summary_page(data, f"dataset trace · {path.parent.name}"), f"dataset ({data.get('mode')})"
     kind = data.get("kind", data.get("mode"))
-    if kind in RESULT_TYPES and "patched" in data or "p_patched" in data:
-        result = TraceResult.load(path)
-        return build_page(result, _clip(path.parent)), f"{result.kind} trace"
-    if kind == "logit_lens":
-        return build_page(LensResult.load(path), _clip(path.parent)), "logit lens"
+    if kind in KINDS and "schema" in data or "p_patched" in data:  # a saved result (a trace's numbers have no schema)
+        result = Result.load(path)
+        what = f"{result.kind} trace" if isinstance(result, TraceResult) else result.what or result.kind
+        return build_page(result, _clip(path.parent)), what
     if data and all(" / " in k and isinstance(v, dict) and "counts" in v for k, v in data.items()):
         return study_page(data, f"study · {path.parent.name}"), f"study ({len(data)} runs)"
     return None

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from lalm_lens.pages import page_for
 from lalm_lens.pages.builder import MARGIN
 from lalm_lens.pages.common import trace_page
 
 
 
-@page_for("audio_time")
 def time_page(result, audio):
     page = trace_page(result, audio, f"restoring {result.restored()} in "
                                      f"{result.settings.get('window_seconds', 0):g} s audio windows")

@@ -9,13 +9,11 @@ zooms/pans (scroll, drag), plotly thinning the labels when zoomed out.
 
 from __future__ import annotations
 
-from lalm_lens.pages import page_for
 from lalm_lens.pages.common import position_times, token_text, trace_page
 
 ROWS = 48  # rows visible at once before panning
 
 
-@page_for("tokens")
 def token_page(result, audio):
     page = trace_page(result, audio, f"restoring {result.restored()}, one position per cell")
     page.data["trace"] = dict(
@@ -34,7 +32,6 @@ def token_page(result, audio):
     return page
 
 
-@page_for("layers")
 def layer_page(result, audio):
     page = trace_page(result, audio, f"restoring {result.restored()} of {len(result.positions)} positions")
     groups = sorted({result.groups[p] for p in result.positions})

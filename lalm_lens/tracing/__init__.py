@@ -9,8 +9,7 @@ from lalm_lens.tracing.checks import Check, Checks, IllPosedTraceWarning
 from lalm_lens.tracing.dataset import DatasetResult, Item, read_items, trace_dataset
 from lalm_lens.tracing.engines import AttributionEngine, FastEngine, ReferenceEngine
 from lalm_lens.tracing.groups import token_groups
-from lalm_lens.tracing.interventions import (Corruption, CorruptedRun, GaussianNoise, Given, Silence, Swap,
-                                             WhiteNoise, make_corruption)
+from lalm_lens.tracing.interventions import Corruption, CorruptedRun, GaussianNoise, Given, Silence, Swap, WhiteNoise
 from lalm_lens.tracing.knockout import KnockoutResult, attention_knockout
 from lalm_lens.tracing.lens import LensResult, logit_lens
 from lalm_lens.tracing.metrics import Metric, answer_prob, logit_diff, option_prob
@@ -21,7 +20,7 @@ from lalm_lens.tracing.trace import answer_token, causal_trace
 
 __all__ = [
     "AttributionEngine", "Check", "HeadTrace", "LensResult", "TimeTrace", "audio_time_trace", "head_trace",
-    "logit_lens", "make_corruption", "Checks", "CorruptedRun", "Corruption", "DatasetResult", "FastEngine",
+    "logit_lens", "Checks", "CorruptedRun", "Corruption", "DatasetResult", "FastEngine",
     "GaussianNoise", "Given", "IllPosedTraceWarning", "Item", "KnockoutResult", "LayerTrace", "Metric",
     "ReferenceEngine", "Silence", "Swap", "TokenTrace", "TraceResult", "WhiteNoise", "answer_prob", "answer_token",
     "attention_knockout", "causal_trace", "load_sakura", "logit_diff", "option_prob", "read_items", "token_groups",

@@ -8,7 +8,7 @@ non-empty, unique and in range, a window at least 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from transformer_lens.utilities import get_act_name
 
@@ -18,10 +18,37 @@ POSITIONAL_STATES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_ou
 HEAD_STATES = ("q", "k", "v", "rot_q", "rot_k", "z", "result")  # `[batch, pos, head, ...]`
 MODES = ("tokens", "layers")
 
+if TYPE_CHECKING:
+    from lalm_lens.model import HookedLALM
+
+
+@dataclass(frozen=True)
+class State:
+    """What a cell restores, declared once: the hook it names at each layer, and what the axis after
+    position is (`units`: "head" for the per-head states; None: no such axis). A cell's `heads` index
+    that axis, so a new kind of cell (an SAE's features, an MoE layer's experts) is a new `State` —
+    its hook and its unit axis — not a branch in the engines."""
+
+    name: str
+    units: Optional[str] = None
+
+    def hook(self, layer: int) -> str:
+        """The hook point this state names at `layer`."""
+        return get_act_name(self.name, layer)
+
+    def hooks(self, n_layers: int) -> list[str]:
+        return [self.hook(layer) for layer in range(n_layers)]
+
+
+def state_of(states: str) -> State:
+    """The declared `State` of a block state's name (`check_states` has checked it)."""
+    return State(states, "head" if states in HEAD_STATES else None)
+
 
 @dataclass(frozen=True)
 class Cell:
-    """One patched run: restore `states` at `layers` for `positions` (and only `heads`, if given)."""
+    """One patched run: restore the state at `layers` for `positions` (and only `heads`, if given: the
+    indices along the state's unit axis, `State.units`)."""
 
     layers: tuple[int, ...]
     positions: tuple[int, ...]
@@ -39,7 +66,7 @@ def build_cells(mode: str, layers: Sequence[int], positions: Sequence[int], wind
     return [Cell(window_layers(l, window, n_layers), tuple(positions)) for l in layers]
 
 
-def check_states(model, states: str) -> str:
+def check_states(model: "HookedLALM", states: str) -> str:
     """`states` must name a block hook with a position axis that this model has."""
     if not isinstance(states, str) or states not in POSITIONAL_STATES:
         other = " (its axes are [batch, head, query, key]: no position axis to restore)" if states in (

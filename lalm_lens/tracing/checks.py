@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from lalm_lens.model import HookedLALM
 
 
 class IllPosedTraceWarning(UserWarning):
@@ -58,7 +62,8 @@ class Checks:
         return cls(tuple(Check(**c) for c in items))
 
 
-def run_checks(model, clean_logits: Tensor, corrupted_logits: Tensor, answer: int, clean_score: float,
+def run_checks(model: "HookedLALM", clean_logits: Float[Tensor, "d_vocab"],
+               corrupted_logits: Float[Tensor, "n_runs d_vocab"], answer: int, clean_score: float,
                corrupted_score: float, min_effect: float) -> Checks:
     """The checks of one trace from its final-position logits (`[d_vocab]`, `[n_runs, d_vocab]`)."""
     name = _token_name(model, answer)
@@ -92,7 +97,7 @@ def warn_if_ill_posed(checks: Checks, what: str = "this trace") -> None:
         warnings.warn(f"{what} is {checks.describe()}", IllPosedTraceWarning, stacklevel=3)
 
 
-def _token_name(model, token: int) -> str:
+def _token_name(model: "HookedLALM", token: int) -> str:
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         return f"token {token}"

@@ -26,14 +26,20 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
+from jaxtyping import Float
+from torch import Tensor
 
-from lalm_lens.tracing.checks import run_checks
 from lalm_lens.tracing.content import item_fingerprint
 from lalm_lens.tracing.records import RecordsWriter, merge, rank_file, rank_files, read_all, superseded
 from lalm_lens.tracing.dataset_result import DatasetResult, bootstrap_ci  # noqa: F401  (re-exported)
-from lalm_lens.tracing.trace import TraceSpec, make_result, pick_engine, prepare_job, refuse_moved
+from lalm_lens.tracing.results import TokenTrace
+from lalm_lens.tracing.trace import PreparedTrace, TraceSpec, finish, prepare
+
+if TYPE_CHECKING:
+    from lalm_lens.model import HookedLALM
+    from lalm_lens.tracing import distributed
 
 ITEM_FIELDS = ("id", "audio", "question", "answer", "options", "answer_prefix")
 DROPPED = {"clean_top1": "dropped_clean_wrong", "corrupted_top1": "dropped_corrupted_right", "effect": "dropped_small_effect"}
@@ -113,80 +119,69 @@ def item_record(item: Item) -> dict[str, Any]:
 
 
 @dataclass
-class Pending:
-    """An item between its baseline (clean and corrupted runs, checks) and its cells."""
+class ItemRun:
+    """One item of a run: its record, and its prepared trace once its baseline ran (None when it failed, or
+    was dropped by a check: then the record says so and no cell runs)."""
 
     item: Item
     record: dict
-    inp: Any = None
-    job: Any = None
-    info: Any = None
-    engine: Any = None
-    base: Any = None
+    prepared: Optional[PreparedTrace] = None
 
 
-def start_item(model, spec: TraceSpec, item: Item, filter: Optional[str]) -> Pending:
-    """Prepare one item and run its baseline and checks; the record says whether its cells run."""
-    pending = Pending(item, item_record(item))
-    record = pending.record
+def start_item(model: "HookedLALM", spec: TraceSpec, item: Item, filter: Optional[str]) -> ItemRun:
+    """Prepare one item (`trace.prepare`: baseline and checks, once); the record says whether its cells run."""
+    run = ItemRun(item, item_record(item))
+    record = run.record
     try:
-        pending.inp = model.prepare(item.audio, item.question, answer_prefix=item.answer_prefix, options=item.options)
-        pending.job, pending.info = prepare_job(model, spec, pending.inp, item.answer)
-        pending.engine = pick_engine(model, spec, pending.job)
-        base = pending.base = pending.engine.baseline(model, pending.job)
+        inp = model.prepare(item.audio, item.question, answer_prefix=item.answer_prefix, options=item.options)
+        prep = prepare(model, spec, inp, item.answer)
     except Exception as err:  # recorded, and the run goes on
         record.update(status="error", error=f"{type(err).__name__}: {err}")
-        return pending
-    checks = run_checks(model, base.clean_logits, base.corrupted_logits, pending.job.answer, base.clean_score,
-                        base.corrupted_score, spec.min_effect)
-    T = pending.job.clean["input_ids"].shape[1]
-    audio = pending.inp.audio_positions[0].tolist()
+        return run
+    base, checks = prep.baseline, prep.checks
+    audio = inp.audio_positions[0].tolist()
     if audio:
         record["audio_span"] = [audio[0], audio[-1]]
-    work = sum(base.corrupted_logits.shape[0] * (T - min(c.positions)) for c in pending.job.cells)
-    record.update(n_tokens=T, work=work, answer_token=pending.job.answer, clean=base.clean_score,
+    record.update(n_tokens=prep.n_tokens, work=prep.work, answer_token=prep.job.answer, clean=base.clean_score,
                   corrupted=base.corrupted_score,
                   clean_top=int(base.clean_logits.argmax()),
                   corrupted_top=int(base.corrupted_logits.float().softmax(-1).mean(0).argmax()),
                   checks=checks.to_json())
     if filter and not checks.ok:
         record["status"] = DROPPED[checks.failed[0].name]
-    return pending
+        return run
+    run.prepared = prep
+    return run
 
 
-def finish_item(model, spec: TraceSpec, p: Pending, patched) -> dict:
-    """The record of an item whose cells ran."""
-    result = make_result(model, spec, p.inp, p.job, p.info, p.base, patched, p.engine)
-    p.record.update(status="ok", ill_posed=result.ill_posed, patched=result.patched.tolist(),
-                    recovery=result.recovery.tolist(), positions=result.positions,
-                    groups=[result.groups[q] for q in result.positions])
-    if spec.mode == "tokens":
-        p.record["group_recovery"] = {g: v.tolist() for g, v in result.group_recovery().items()}
-        p.record["token_labels"] = result.token_labels
-    return p.record
+def finish_item(model: "HookedLALM", run: ItemRun, patched: Float[Tensor, "n_cells"]) -> dict:
+    """The record of an item whose cells ran (`trace.finish`)."""
+    result = finish(model, run.prepared, patched)
+    run.record.update(status="ok", ill_posed=result.ill_posed, patched=result.patched.tolist(),
+                      recovery=result.recovery.tolist(), positions=result.positions,
+                      groups=[result.groups[q] for q in result.positions])
+    if isinstance(result, TokenTrace):
+        run.record["group_recovery"] = {g: v.tolist() for g, v in result.group_recovery().items()}
+        run.record["token_labels"] = result.token_labels
+    return run.record
 
 
-def trace_items(model, spec: TraceSpec, items: list[Item], filter: Optional[str]) -> list[dict]:
+def trace_items(model: "HookedLALM", spec: TraceSpec, items: list[Item], filter: Optional[str]) -> list[dict]:
     """Records of several items; the cells of the well-posed ones run together (`Engine.patched_many`)."""
-    pending = [start_item(model, spec, item, filter) for item in items]
-    ready = [p for p in pending if "status" not in p.record]
-    engines = {id(p.engine): p.engine for p in ready}  # normally one; the reference where hooks forced it
+    runs = [start_item(model, spec, item, filter) for item in items]
+    ready = [r for r in runs if r.prepared is not None]
+    engines = {id(r.prepared.engine): r.prepared.engine for r in ready}  # normally one; the reference where hooks forced it
     for engine in engines.values():
-        mine = [p for p in ready if p.engine is engine]
+        mine = [r for r in ready if r.prepared.engine is engine]
         try:
-            values = engine.patched_many(model, [p.job for p in mine], [p.base for p in mine])
+            values = engine.patched_many(model, [r.prepared.job for r in mine], [r.prepared.baseline for r in mine])
         except Exception as err:
-            for p in mine:
-                p.record.update(status="error", error=f"{type(err).__name__}: {err}")
+            for r in mine:
+                r.record.update(status="error", error=f"{type(err).__name__}: {err}")
             continue
-        for p, patched in zip(mine, values):
-            finish_item(model, spec, p, patched)
-    return [p.record for p in pending]
-
-
-def trace_item(model, spec: TraceSpec, item: Item, filter: Optional[str]) -> dict:
-    """One item's record (checks run first; a dropped item runs no cells)."""
-    return trace_items(model, spec, [item], filter)[0]
+        for r, patched in zip(mine, values):
+            finish_item(model, r, patched)
+    return [r.record for r in runs]
 
 
 def items_per_call(spec: TraceSpec, batch_items, work: Optional[int] = None) -> Optional[int]:
@@ -232,8 +227,77 @@ def stale_records(items: list[Item], done: dict[str, dict], source) -> set[str]:
     return set(changed)
 
 
+def dataset_settings(model: "HookedLALM", spec: TraceSpec, filter: Optional[str]) -> dict:
+    """The settings a records file is written under (a resume with others is refused)."""
+    return dict(spec.settings(), model=model.name_or_path, dtype=str(model.cfg.dtype),
+                filter=None if filter is None else "checks")
+
+
+def resume(out: Optional[Path], settings: dict, dist: "distributed.Dist", items: list[Item],
+           overwrite: bool) -> tuple[dict[str, dict], list[Item]]:
+    """The records already written under `out` (by id), and this rank's items still to trace: new ones,
+    failed ones (retried) and changed ones (warned about, traced again)."""
+    if out is not None and overwrite and dist.main:
+        for path in [out] + rank_files(out):
+            path.unlink(missing_ok=True)
+    dist.barrier()
+    done = read_all(out, settings) if out is not None else {}
+    dist.barrier()  # everyone has read what was done before anyone writes
+    mine = dist.share(items)
+    changed = stale_records(mine, done, out)
+    return done, [i for i in mine if i.id not in done or done[i.id]["status"] == "error" or i.id in changed]
+
+
+class Progress:
+    """The progress of this rank's items: a bar of its own, or a caller's (a study's) advanced here."""
+
+    def __init__(self, progress, dist: "distributed.Dist", todo: int, resumed: Optional[int]):
+        from tqdm.auto import tqdm
+
+        self.outer = hasattr(progress, "update")
+        self.bar = progress if self.outer else tqdm(total=todo, desc=f"tracing (rank {dist.rank})" if dist.active
+                                                    else "tracing", disable=not progress or not dist.main)
+        if self.outer and resumed is not None:
+            self.bar.update(resumed)  # resumed items count as done
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if not self.outer:
+            self.bar.close()
+
+
+def run_batched(model: "HookedLALM", spec: TraceSpec, todo: list[Item], filter: Optional[str], batch_items,
+                write: Callable[[dict], None], bar: Progress) -> None:
+    """Trace `todo` in chunks of `batch_items` items, writing each record as it comes."""
+    k, start = items_per_call(spec, batch_items), 0
+    while start < len(todo):
+        chunk = todo[start : start + (k or 1)]
+        for record in trace_items(model, spec, chunk, filter):
+            write(record)
+            if k is None and record.get("work"):  # "auto": sized from the first item that ran
+                k = items_per_call(spec, batch_items, record["work"])
+        start += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
+
+
+def write_records(out: Path, settings: dict, dist: "distributed.Dist", run: Callable[[Callable[[dict], None]], None]
+                  ) -> dict[str, dict]:
+    """`run(write)` into this rank's records file, then (rank 0) the merge into `out`; every record by id."""
+    target = rank_file(out, dist.rank) if dist.active else out
+    with RecordsWriter(target, settings, overwrite=False) as writer:
+        run(writer.write)
+    dist.barrier()
+    if dist.main and (dist.active or rank_files(out) or superseded(out)):
+        merge(out, settings)  # one record per id: retried and redone items' old lines go
+    dist.barrier()
+    return read_all(out, settings)
+
+
 def trace_dataset(
-    model,
+    model: "HookedLALM",
     items: Union[str, Path, Iterable[Item], Iterable[dict]],
     *,
     out: Union[str, Path, None] = None,
@@ -251,7 +315,6 @@ def trace_dataset(
     overwrite: bool = False,
     progress: bool = True,
     limit: Optional[int] = None,
-    **moved,
 ) -> DatasetResult:
     """Trace every item (`filter="checks"` drops ill-posed items as the paper does; None keeps all).
 
@@ -259,61 +322,31 @@ def trace_dataset(
     fast engine's `max_batch_tokens`). Under `torchrun` each rank traces every N-th item
     into its own records file and rank 0 merges them into `out` at the end.
     """
-    from tqdm.auto import tqdm
-
     from lalm_lens.tracing import distributed
 
-    refuse_moved(moved)
     if filter not in (None, "checks", "top1"):
         raise ValueError(f"filter must be 'checks' (drop ill-posed items) or None, got {filter!r}")
     spec = TraceSpec(model, mode=mode, states=states, layers=layers, positions=positions, window=window,
                      corruption=corruption, metric=metric, engine=engine, min_effect=min_effect)
     items_per_call(spec, batch_items)  # checks the argument
     items = as_items(items)[: check_limit(limit)]
-    settings = dict(spec.settings(), model=getattr(model, "name_or_path", None), dtype=str(model.cfg.dtype),
-                    filter=None if filter is None else "checks")
+    settings = dataset_settings(model, spec, filter)
     dist = distributed.setup(model.device)
     out = None if out is None else Path(out)
-    if out is not None and overwrite and dist.main:
-        for path in [out] + rank_files(out):
-            path.unlink(missing_ok=True)
-    dist.barrier()
-    done = read_all(out, settings) if out is not None else {}
-    dist.barrier()  # everyone has read what was done before anyone writes
-    mine = dist.share(items)
-    changed = stale_records(mine, done, out)
-    todo = [i for i in mine if i.id not in done or done[i.id]["status"] == "error" or i.id in changed]
+    done, todo = resume(out, settings, dist, items, overwrite)
     records: dict[str, dict] = dict(done)
 
-    def run(write) -> None:
-        outer = hasattr(progress, "update")  # a bar of the caller's (a study's), advanced here
-        bar = progress if outer else tqdm(total=len(todo), desc=f"tracing (rank {dist.rank})" if dist.active
-                                          else "tracing", disable=not progress or not dist.main)
-        if outer and len(items) > len(todo):
-            bar.update(len(dist.share(items)) - len(todo))  # resumed items count as done
-        k, start = items_per_call(spec, batch_items), 0
-        while start < len(todo):
-            chunk = todo[start : start + (k or 1)]
-            for record in trace_items(model, spec, chunk, filter):
-                records[record["id"]] = record
-                write(record)
-                if k is None and record.get("work"):  # "auto": sized from the first item that ran
-                    k = items_per_call(spec, batch_items, record["work"])
-            start += len(chunk)
-            bar.update(len(chunk))
-        if not outer:
-            bar.close()
+    def run(write: Callable[[dict], None]) -> None:
+        def keep(record: dict) -> None:
+            records[record["id"]] = record
+            write(record)
+
+        resumed = len(dist.share(items)) - len(todo) if len(items) > len(todo) else None
+        run_batched(model, spec, todo, filter, batch_items, keep, Progress(progress, dist, len(todo), resumed))
 
     if out is None:
         run(lambda record: None)
     else:
-        target = rank_file(out, dist.rank) if dist.active else out
-        with RecordsWriter(target, settings, overwrite=False) as writer:
-            run(writer.write)
-        dist.barrier()
-        if dist.main and (dist.active or rank_files(out) or superseded(out)):
-            merge(out, settings)  # one record per id: retried and redone items' old lines go
-        dist.barrier()
-        records = read_all(out, settings)
+        records = write_records(out, settings, dist, run)
     wanted = [records[i.id] for i in items if i.id in records]
     return DatasetResult(records=wanted, mode=spec.mode, layers=spec.layers, settings=settings)

@@ -1,17 +1,22 @@
-"""`DatasetResult`: the records of a dataset run, their means with 95% bootstrap CIs, figures and summary."""
+"""`DatasetResult`: the records of a dataset run, their means with 95% bootstrap CIs, figures and summary.
+
+`to_json` is the summary in numbers (counts, curves with CIs, peaks: what a study's
+`summary.json` holds per run); `save("x.json")` writes it with the records, so
+`Result.load` reads the run back. `DatasetResult.load` also reads a
+`trace-dataset --out` folder (its `records.jsonl`).
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import numpy as np
 
-from lalm_lens.pages import Viewable
+from lalm_lens.result import SCHEMA, Result, write_json
 from lalm_lens.tracing.numbers import num
-from lalm_lens.tracing.results import FLAT, describe_curve, first_reaching
+from lalm_lens.tracing.results import FLAT, _clean_floats, describe_curve, first_reaching
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
@@ -35,11 +40,13 @@ def _ci(mean, lo, hi, best, n: int = 2) -> str:
 
 
 @dataclass
-class DatasetResult(Viewable):
+class DatasetResult(Result):
     records: list[dict[str, Any]]
     mode: str
     layers: list[int]
     settings: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "dataset"
+    what: ClassVar[str] = "dataset result"
 
     @property
     def kept(self) -> list[dict]:
@@ -142,7 +149,7 @@ class DatasetResult(Viewable):
 
     def to_json(self) -> dict[str, Any]:
         """Numbers and settings (no sentences): counts, curves with CIs, peaks."""
-        out: dict[str, Any] = dict(schema=2, mode=self.mode, layers=self.layers, counts=self.counts(),
+        out: dict[str, Any] = dict(kind=self.kind, schema=SCHEMA, mode=self.mode, layers=self.layers, counts=self.counts(),
                                    n_items=len(self.records), n_kept=len(self.kept), settings=self.settings)
 
         def curve(layers, m, lo, hi):
@@ -166,14 +173,16 @@ class DatasetResult(Viewable):
     @classmethod
     def load(cls, path: Union[str, Path]) -> "DatasetResult":
         """A dataset run read back from its `--out` folder (or its `records.jsonl`): its records (one per id,
-        the last written) and settings, as `trace_dataset` returned them."""
+        the last written) and settings, as `trace_dataset` returned them; or from the `.json` `save` wrote."""
         from lalm_lens.tracing.records import read_records
 
         path = Path(path)
+        if path.suffix == ".json" and path.is_file():
+            return super().load(path)
         file = path / "records.jsonl" if path.is_dir() else path
         if not file.is_file():
-            raise FileNotFoundError(f"no records file {file} (DatasetResult.load takes a trace-dataset --out folder "
-                                    "or its records.jsonl)")
+            raise FileNotFoundError(f"no records file {file} (DatasetResult.load takes a trace-dataset --out folder, "
+                                    "its records.jsonl, or the .json that DatasetResult.save wrote)")
         header, records = read_records(file, repair=False)
         settings = (header or {}).get("settings") or {}
         if "mode" not in settings or "layers" not in settings:
@@ -181,6 +190,13 @@ class DatasetResult(Viewable):
         by_id = {r["id"]: r for r in records if isinstance(r, dict) and "id" in r}  # a retried id counts once
         return cls(records=list(by_id.values()), mode=settings["mode"], layers=list(settings["layers"]),
                    settings=settings)
+
+    @classmethod
+    def _from_json(cls, d: dict[str, Any], source: str) -> "DatasetResult":
+        if "records" not in d:
+            raise ValueError(f"{source} is a dataset summary without its records (a summary written before they were "
+                             "saved with it); load the trace-dataset --out folder with DatasetResult.load(folder)")
+        return super()._from_json({k: d[k] for k in ("records", "mode", "layers", "settings") if k in d}, source)
 
     def to_dataframe(self):
         """One row per item x layer (layers mode) or item x layer x restored position (tokens mode), with the
@@ -222,8 +238,9 @@ class DatasetResult(Viewable):
         return frame
 
     def save(self, path: Union[str, Path]) -> Path:
-        from lalm_lens.tracing.results import _clean_floats
-
+        """`.json`: the summary in numbers (`to_json`) and the records; `.csv`: the long table."""
         path = Path(path)
-        path.write_text(json.dumps(_clean_floats(self.to_json()), indent=1, allow_nan=False))
-        return path
+        if path.suffix != ".json":
+            return super().save(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_json(path, _clean_floats(dict(self.to_json(), records=self.records)))  # ±inf as null, as ever

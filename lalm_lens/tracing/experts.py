@@ -16,12 +16,15 @@ to 1. Audio positions are the audio placeholders; text positions every other rea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import TYPE_CHECKING, Literal, Union
 
 import torch
 from torch import Tensor
 
 from lalm_lens.tracing.interventions import Corruption, as_corruption, check_same_layout
+
+if TYPE_CHECKING:
+    from lalm_lens.model import HookedLALM
 
 Group = Literal["audio", "text"]
 
@@ -54,7 +57,7 @@ class ExpertRouting:
         return [(self.layers[i // self.n_experts], i % self.n_experts, delta.flatten()[i].item()) for i in order.tolist()]
 
 
-def moe_layers(model) -> tuple[int, ...]:
+def moe_layers(model: "HookedLALM") -> tuple[int, ...]:
     """The layers whose MLP is a mixture of experts (from the config: no family branch)."""
     layers = tuple(model.cfg.moe_layers or ())
     if not layers:
@@ -64,7 +67,7 @@ def moe_layers(model) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def routing_mass(model, inputs, hooks: list = ()) -> Tensor:
+def routing_mass(model: "HookedLALM", inputs, hooks: list = ()) -> Tensor:
     """`[n_moe_layers, rows, pos, n_experts]` routing weight of every expert at every position."""
     layers = moe_layers(model)
     names = {f"blocks.{l}.mlp.hook_topk_{x}" for l in layers for x in ("ids", "weights")}
@@ -78,7 +81,7 @@ def routing_mass(model, inputs, hooks: list = ()) -> Tensor:
     return torch.stack(maps).cpu()
 
 
-def expert_routing_trace(model, inp, corruption: Union[str, Corruption, None] = "silence") -> ExpertRouting:
+def expert_routing_trace(model: "HookedLALM", inp, corruption: Union[str, Corruption, None] = "silence") -> ExpertRouting:
     """Routing mass per MoE layer and expert, at the audio and at the text positions, in the clean run and
     in the corrupted one (`corruption`: as for `causal_trace`; default: silence of the same length)."""
     layers = moe_layers(model)
@@ -135,7 +138,7 @@ def _answer_prob(logits: Tensor, answer: int) -> float:
 
 
 @torch.no_grad()
-def expert_patch_trace(model, inp, answer: int, layers=None, experts=None, positions=None, kind: str = "output",
+def expert_patch_trace(model: "HookedLALM", inp, answer: int, layers=None, experts=None, positions=None, kind: str = "output",
                        corruption: Union[str, Corruption, None] = "silence") -> ExpertPatch:
     """Restore one expert at a time, at one MoE layer at a time, at `positions` (default: all), in the corrupted run.
 

@@ -20,15 +20,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from lalm_lens.inputs.audio import load_waveform
 from lalm_lens.tracing.checks import no_audio
 from lalm_lens.tracing.content import audio_sha1
+
+if TYPE_CHECKING:
+    from lalm_lens.model import HookedLALM
 
 
 @dataclass
@@ -36,13 +40,18 @@ class CorruptedRun:
     """The corrupted run of one item: its model inputs, and noise added at `hook_audio_embeds` (if any)."""
 
     inputs: Mapping
-    noise: Optional[Tensor] = None  # [n_samples, n_audio_tokens, d_model]
+    noise: Optional[Float[Tensor, "n_samples n_audio d_model"]] = None
     description: str = ""
-    clean_audio: Optional[Tensor] = None  # the clean audio vectors, when already computed (noise)
 
     @property
     def n_runs(self) -> int:
         return 1 if self.noise is None else self.noise.shape[0]
+
+    @property
+    def on_audio_vectors(self) -> bool:
+        """Whether the corruption is noise on the audio vectors (the clip itself, and so the encoder's
+        output, is the clean one)."""
+        return self.noise is not None
 
     def batch(self) -> dict[str, Tensor]:
         """The inputs repeated once per noise sample (tensors only)."""
@@ -55,6 +64,16 @@ class CorruptedRun:
         flat = self.noise.reshape(-1, self.noise.shape[-1])
         return [("hook_audio_embeds", lambda x, hook: x + flat.to(x.device, x.dtype))]
 
+    def with_audio_vectors(self, audio: Float[Tensor, "n_audio d_model"]) -> dict[str, Tensor]:
+        """`batch()` with the corrupted audio vectors given (`audio_embeds`, no encoder inputs): the clean
+        `audio` plus each noise sample — the run of `batch()` and `hooks()` without encoding the clip once per
+        sample. Only for noise on the audio vectors (`on_audio_vectors`)."""
+        if not self.on_audio_vectors:
+            raise ValueError(f"{self.description or 'this corruption'} is not noise on the audio vectors")
+        inputs = {k: v for k, v in self.batch().items() if k not in ("input_features", "feature_attention_mask")}
+        inputs["audio_embeds"] = audio.repeat(self.n_runs, 1) + self.noise.reshape(-1, audio.shape[-1]).to(audio.dtype)
+        return inputs
+
 
 def repeat_inputs(inputs: Mapping, n: int) -> dict[str, Tensor]:
     """Each tensor repeated `n` times along its first axis (rows, or audio chunks)."""
@@ -65,7 +84,7 @@ class Corruption(ABC):
     """How to corrupt the audio of a clean input."""
 
     @abstractmethod
-    def apply(self, model, clean) -> CorruptedRun:
+    def apply(self, model: "HookedLALM", clean) -> CorruptedRun:
         """The corrupted run for `clean` (a `PreparedInput` for waveform corruptions)."""
 
     def check(self) -> None:
@@ -91,7 +110,7 @@ def _waveform(clean, what: str) -> np.ndarray:
 class Silence(Corruption):
     """Zeros of the clip's length (the reference study's corruption)."""
 
-    def apply(self, model, clean) -> CorruptedRun:
+    def apply(self, model: "HookedLALM", clean) -> CorruptedRun:
         wave = _waveform(clean, "Silence()")
         return CorruptedRun(model.prepare_like(clean, np.zeros_like(wave)), description="silence of the same length")
 
@@ -111,7 +130,7 @@ class GaussianNoise(Corruption):
         if not (isinstance(self.n_samples, int) and self.n_samples >= 1):
             raise ValueError(f"GaussianNoise(n_samples=...) must be an integer >= 1, got {self.n_samples!r}")
 
-    def apply(self, model, clean) -> CorruptedRun:
+    def apply(self, model: "HookedLALM", clean) -> CorruptedRun:
         self.check()
         audio = None
         if clean.get("input_features") is not None:
@@ -127,7 +146,7 @@ class GaussianNoise(Corruption):
         noise = torch.randn((self.n_samples, *audio.shape), generator=gen) * (self.scale * sigma)
         return CorruptedRun(clean, noise.to(audio.device, audio.dtype),
                             f"noise {self.scale:g} x sigma ({sigma:.4g}) on the audio vectors, {self.n_samples} "
-                            f"samples, seed {self.seed}", clean_audio=audio)
+                            f"samples, seed {self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "GaussianNoise", "scale": self.scale, "n_samples": self.n_samples, "seed": self.seed}
@@ -144,7 +163,7 @@ class WhiteNoise(Corruption):
         if not (isinstance(self.snr_db, (int, float)) and math.isfinite(self.snr_db)):
             raise ValueError(f"WhiteNoise(snr_db=...) must be a finite number, got {self.snr_db!r}")
 
-    def apply(self, model, clean) -> CorruptedRun:
+    def apply(self, model: "HookedLALM", clean) -> CorruptedRun:
         import torchaudio.functional as AF
 
         self.check()
@@ -177,7 +196,7 @@ class Swap(Corruption):
             warnings.warn("Swap(audio) got an array without sampling_rate; assuming it is at the model's rate "
                           "(pass Swap(audio, sampling_rate=...) to have it resampled)", stacklevel=3)
 
-    def apply(self, model, clean) -> CorruptedRun:
+    def apply(self, model: "HookedLALM", clean) -> CorruptedRun:
         wave = _waveform(clean, "Swap()")
         rate = self.sampling_rate if self.sampling_rate is not None or self.is_file() else clean.sampling_rate
         other = load_waveform(self.audio, rate, clean.sampling_rate)
@@ -195,7 +214,7 @@ class Given(Corruption):
 
     inputs: Mapping = field(repr=False)
 
-    def apply(self, model, clean) -> CorruptedRun:
+    def apply(self, model: "HookedLALM", clean) -> CorruptedRun:
         return CorruptedRun(self.inputs, description="given")
 
 
@@ -229,9 +248,3 @@ def check_same_layout(clean: Mapping, corrupted: Mapping) -> None:
         )
     if a.shape[0] != 1:
         raise ValueError(f"trace one item at a time (got a batch of {a.shape[0]}); use trace_dataset for many")
-
-
-def make_corruption(*args, **kwargs):
-    """Removed in 0.2: corruptions are values now."""
-    raise TypeError("make_corruption() was replaced by corruption values: use Silence(), GaussianNoise(scale, n_samples, "
-                    "seed), WhiteNoise(snr_db, seed) or Swap(audio), and `value.apply(model, clean)` for the run")

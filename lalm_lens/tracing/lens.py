@@ -9,24 +9,26 @@ layer, the rank of the answer among all tokens (0 = top-1).
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import numpy as np
 import torch
+from jaxtyping import Float
+from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
-from lalm_lens.pages import Viewable
-from lalm_lens.tracing.numbers import json_floats, num, to_float, to_floats
+from lalm_lens.result import Result
+from lalm_lens.tracing.numbers import num, to_float, to_floats
 
-SCHEMA = 2
+if TYPE_CHECKING:
+    from lalm_lens.inputs.prepared import PreparedInput
+    from lalm_lens.model import HookedLALM
 
 
 @dataclass
-class LensResult(Viewable):
+class LensResult(Result):
     layers: list[int]  # after each of these blocks
     answer: str
     answer_token: int
@@ -39,6 +41,8 @@ class LensResult(Viewable):
     audio_seconds: Optional[list[float]]
     audio_rank: list[list[int]]  # [layer][audio position]: the answer's rank there (0 = top-1)
     settings: dict = field(default_factory=dict)
+    kind: ClassVar[str] = "logit_lens"
+    what: ClassVar[str] = "logit lens"
 
     def first_top1(self) -> Optional[int]:
         """The first layer after which the answer is the final position's top-1 token (clean)."""
@@ -65,48 +69,17 @@ class LensResult(Viewable):
                                                                 zip(self.layers, np.median(rank, 1))))
         return "\n".join(lines)
 
-    def to_json(self) -> dict[str, Any]:
-        return dict(asdict(self), schema=SCHEMA, kind="logit_lens")
-
-    def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix != ".json":
-            raise ValueError(f"cannot save a logit lens as {path.suffix or 'a file without extension'!r}: use .json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(json_floats(self.to_json()), indent=1, allow_nan=False))
-        return path
-
     @classmethod
-    def load(cls, path) -> "LensResult":
-        """A logit lens saved with `save` (`.json`); any other file is refused, saying what it holds."""
-        path = Path(path)
-        raw = path.read_bytes()
-        if raw[:2] == b"PK":  # a zip file: a NumPy archive (`.npz`) of another result kind
-            raise ValueError(f"{path} is a NumPy archive, not a logit lens (a logit lens is saved as .json by "
-                             "LensResult.save); load trace results with TraceResult.load")
-        try:
-            d = json.loads(raw.decode())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is truncated or not JSON ({err}); a logit lens is the .json that "
-                             "LensResult.save wrote") from None
-        if not isinstance(d, dict) or d.get("kind") != "logit_lens" or d.get("schema", 0) > SCHEMA:
-            kind, schema = (d.get("kind"), d.get("schema")) if isinstance(d, dict) else (None, None)
-            raise ValueError(f"{path} is not a logit lens this lalm-lens reads (kind {kind!r}, schema {schema}); "
-                             + ("load it with TraceResult.load" if kind not in (None, "logit_lens")
-                                else "pass the lens.json that LensResult.save wrote"))
-        d.pop("kind"), d.pop("schema")
+    def _from_json(cls, d: dict[str, Any], source: str) -> "LensResult":
         d["clean"] = to_floats(d["clean"])
         if d.get("corrupted") is not None:
             d["corrupted"] = to_floats(d["corrupted"])
         for key in ("clean_top", "corrupted_top"):
             if d.get(key) is not None:
                 d[key] = [[[t, to_float(p), i] for t, p, i in row] for row in d[key]]
-        try:
-            result = cls(**d)
-        except TypeError as err:
-            raise ValueError(f"{path} is not a valid logit lens: {err}") from None
+        result = super()._from_json(d, source)
         if len(result.clean) != len(result.layers) or len(result.audio_rank) != len(result.layers):
-            raise ValueError(f"{path}: per-layer arrays do not match the {len(result.layers)} layers")
+            raise ValueError(f"{source}: per-layer arrays do not match the {len(result.layers)} layers")
         return result
 
     def to_dataframe(self):
@@ -122,14 +95,15 @@ class LensResult(Viewable):
         return plot_lens(self, title=title)
 
 
-def _top(probs: torch.Tensor, k: int, tokenizer) -> list:
+def _top(probs: Float[Tensor, " vocab"], k: int, tokenizer) -> list:
     values, ids = probs.topk(k)
     names = tokenizer.convert_ids_to_tokens(ids.tolist()) if tokenizer is not None else [str(i) for i in ids.tolist()]
     return [[n, float(v), int(i)] for n, v, i in zip(names, values.tolist(), ids.tolist())]
 
 
 @torch.no_grad()
-def logit_lens(model, inp, corruption="silence", *, answer, metric=None, top_k: int = 5, chunk: int = 256) -> LensResult:
+def logit_lens(model: "HookedLALM", inp: "PreparedInput", corruption="silence", *, answer, metric=None, top_k: int = 5,
+               chunk: int = 256) -> LensResult:
     """The lens of one item (`corruption=None`: the clean run only)."""
     from lalm_lens.tracing.groups import final_position
     from lalm_lens.tracing.interventions import as_corruption
@@ -175,6 +149,6 @@ def logit_lens(model, inp, corruption="silence", *, answer, metric=None, top_k: 
         metric=dict(metric.to_dict(), describe=metric.describe()), clean=clean, corrupted=corrupted,
         clean_top=clean_top, corrupted_top=corrupted_top, audio_positions=audio,
         audio_seconds=None if not seconds or seconds[0] is None else seconds[0].tolist(), audio_rank=ranks,
-        settings=dict(model=getattr(model, "name_or_path", None), top_k=top_k,
+        settings=dict(model=model.name_or_path, top_k=top_k,
                       corruption=None if corruption is None else corruption.to_dict()),
     )

@@ -5,43 +5,50 @@
 Scores are the trace's metric (P(answer) by default): `clean`, `corrupted`,
 `patched`; `recovery` = (patched − corrupted) / (clean − corrupted). `checks`
 says whether the trace is well posed. Files are JSON (NaN saved as null, ±inf as
-"inf"/"-inf", read back as they were) or NumPy archives, with a schema version;
-CSV writes the long table. Printed numbers never read "-0.00" (`numbers.num`).
+"inf"/"-inf", read back as they were) or NumPy archives, with the one result
+schema (`lalm_lens.result`); CSV writes the long table. Printed numbers never read "-0.00" (`numbers.num`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
-from lalm_lens.pages import Viewable
+from lalm_lens.result import SCHEMA, Result  # noqa: F401  (SCHEMA re-exported: one schema for every result)
 from lalm_lens.tracing.checks import Checks
-from lalm_lens.tracing.numbers import json_floats, num, to_float, to_floats
+from lalm_lens.tracing.numbers import num, to_float, to_floats
 
-SCHEMA = 2
 FLAT = 0.05  # a curve whose RR varies less than this has no peak worth naming
 RR_DEFINITION = "RR = (m_patched − m_corrupted) / (m_clean − m_corrupted)"
 
 
-def recovery_of(patched: Tensor, clean: float, corrupted: float) -> Tensor:
+def recovery_of(patched: Float[Tensor, "*cells"], clean: float, corrupted: float) -> Float[Tensor, "*cells"]:
     patched = patched.double()
     return (patched - corrupted) / (clean - corrupted) if clean != corrupted else patched * float("nan")
 
 
+def probability(metric: dict[str, Any], value, what: str, instead: str):
+    """`value` where the result's metric is a probability (its `p_*` names); an AttributeError naming `instead`
+    otherwise."""
+    if not metric.get("probability", metric.get("name") in ("answer_prob", "option_prob")):
+        raise AttributeError(f"this {what}'s metric is {metric.get('name')!r}, not a probability; use {instead}")
+    return value
+
+
 @dataclass
-class TraceResult(Viewable):
+class TraceResult(Result):
     """What every trace holds; see `LayerTrace` and `TokenTrace`."""
 
     clean: float  # the metric of the clean run
     corrupted: float  # of the corrupted run (mean over noise samples)
-    patched: Tensor  # of each patched run
+    patched: Float[Tensor, "layer *column"]  # of each patched run
     layers: list[int]
     positions: list[int]
     token_labels: list[str]  # the tokens at `positions`
@@ -55,6 +62,8 @@ class TraceResult(Viewable):
     str_tokens: list[str] = field(default_factory=list)  # the whole input
     special_positions: list[int] = field(default_factory=list)
     kind: ClassVar[str] = "trace"
+    what: ClassVar[str] = "trace"
+    ARRAYS: ClassVar[tuple[str, ...]] = ("patched", "recovery")
 
     def __post_init__(self):
         self.patched = torch.as_tensor(self.patched, dtype=torch.float64)
@@ -62,10 +71,7 @@ class TraceResult(Viewable):
 
     # ------------------------------------------------------------ the metric, by its paper name
     def _probability(self, value):
-        if not self.metric.get("probability", self.metric.get("name") in ("answer_prob", "option_prob")):
-            raise AttributeError(f"this trace's metric is {self.metric.get('name')!r}, not a probability; "
-                                 "use .clean / .corrupted / .patched")
-        return value
+        return probability(self.metric, value, "trace", ".clean / .corrupted / .patched")
 
     @property
     def p_clean(self) -> float:
@@ -76,7 +82,7 @@ class TraceResult(Viewable):
         return self._probability(self.corrupted)
 
     @property
-    def p_patched(self) -> Tensor:
+    def p_patched(self) -> Float[Tensor, "layer *column"]:
         return self._probability(self.patched)
 
     @property
@@ -92,30 +98,17 @@ class TraceResult(Viewable):
         token = self.str_tokens[position] if self.str_tokens else str(position)
         return f"{position}: {token!s}".replace("\n", "\\n")
 
-    # ------------------------------------------------------------ persistence
+    # ------------------------------------------------------------ persistence (`Result.save` / `Result.load`)
     def to_json(self) -> dict[str, Any]:
-        base = {f.name for f in fields(TraceResult)}
-        extra = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in base}  # a subclass's own
-        return extra | {
-            "schema": SCHEMA, "kind": self.kind, "clean": self.clean, "corrupted": self.corrupted,
-            "patched": self.patched.tolist(), "recovery": self.recovery.tolist(), "layers": self.layers,
-            "positions": self.positions, "token_labels": self.token_labels,
-            "groups": {str(k): v for k, v in self.groups.items()}, "states": self.states, "answer": self.answer,
-            "answer_token": self.answer_token, "metric": self.metric, "checks": self.checks.to_json(),
-            "ill_posed": self.ill_posed, "settings": self.settings, "str_tokens": self.str_tokens,
-            "special_positions": self.special_positions,
-        }
+        return dict(super().to_json(), recovery=self.recovery.tolist(), checks=self.checks.to_json(),
+                    groups={str(k): v for k, v in self.groups.items()}, ill_posed=self.ill_posed)
 
-    @staticmethod
-    def from_json(d: dict[str, Any], source: str = "the data") -> "TraceResult":
-        if not isinstance(d, dict):
-            raise ValueError(f"{source} does not hold a trace result (a JSON object)")
-        d = _upgrade(dict(d), source)
-        kind = d.pop("kind")
-        cls = RESULT_TYPES.get(kind)
-        if cls is None:
-            raise ValueError(f"{source}: unknown result kind {kind!r} (known: {sorted(RESULT_TYPES)})")
-        for key in ("recovery", "ill_posed", "schema"):
+    @classmethod
+    def _from_json(cls, d: dict[str, Any], source: str) -> "TraceResult":
+        missing = {"clean", "corrupted", "patched", "layers", "positions", "groups"} - set(d)
+        if missing:
+            raise ValueError(f"{source} is not a complete trace result (missing {sorted(missing)})")
+        for key in ("recovery", "ill_posed"):
             d.pop(key, None)
         try:
             d["clean"], d["corrupted"] = to_float(d["clean"]), to_float(d["corrupted"])
@@ -127,7 +120,7 @@ class TraceResult(Viewable):
         try:
             result = cls(**d)
         except TypeError as err:
-            raise ValueError(f"{source} is not a valid {kind} trace: {err}") from None
+            raise ValueError(f"{source} is not a valid {cls.kind} trace: {err}") from None
         result.validate(source)
         return result
 
@@ -142,41 +135,6 @@ class TraceResult(Viewable):
 
     def expected_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
-
-    def save(self, path: str | Path) -> Path:
-        """`.json`, `.npz` (arrays, plus the JSON metadata) or `.csv` (the long table of `to_dataframe`)."""
-        path = Path(path)
-        if path.suffix not in (".json", ".npz", ".csv"):
-            raise ValueError(f"cannot save a trace as {path.suffix or 'a file without extension'!r}: "
-                             "use .json, .npz or .csv")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".csv":
-            self.to_dataframe().to_csv(path, index=False)
-        elif path.suffix == ".npz":
-            meta = self.to_json()
-            arrays = {"patched": np.asarray(meta.pop("patched")), "recovery": np.asarray(meta.pop("recovery"))}
-            np.savez(path, meta=json.dumps(json_floats(meta), allow_nan=False), **arrays)
-        else:
-            path.write_text(json.dumps(json_floats(self.to_json()), indent=1, allow_nan=False))
-        return path
-
-    @staticmethod
-    def load(path: str | Path) -> "TraceResult":
-        """A result saved with `save` (`.json` or `.npz`), checked."""
-        path = Path(path)
-        if path.suffix == ".npz":
-            try:
-                data = np.load(path)
-                meta = json.loads(str(data["meta"]))
-                meta["patched"] = data["patched"].tolist()
-            except (OSError, ValueError, KeyError, EOFError) as err:
-                raise ValueError(f"{path} is not a readable trace archive: {err}") from None
-            return TraceResult.from_json(meta, str(path))
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is truncated or not JSON ({err})") from None
-        return TraceResult.from_json(d, str(path))
 
     # ------------------------------------------------------------ text
     def header(self) -> list[str]:
@@ -223,24 +181,6 @@ def _clean_floats(d):
     return None if isinstance(d, float) and not math.isfinite(d) else d
 
 
-def _upgrade(d: dict, source: str) -> dict:
-    """Read older schemas; refuse newer ones."""
-    schema = d.get("schema", 1)
-    if not isinstance(schema, int) or schema > SCHEMA:
-        raise ValueError(f"{source} was written with result schema {schema}; this lalm-lens reads up to {SCHEMA} "
-                         "(upgrade lalm-lens)")
-    if schema == 1:  # lalm-lens 0.1: P(answer) fields and `mode`
-        try:
-            d = dict(d, kind=d.pop("mode"), clean=d.pop("p_clean"), corrupted=d.pop("p_corrupted"),
-                     patched=d.pop("p_patched"))
-        except KeyError as err:
-            raise ValueError(f"{source} is not a trace result (no {err})") from None
-    missing = {"kind", "clean", "corrupted", "patched", "layers", "positions", "groups"} - set(d)
-    if missing:
-        raise ValueError(f"{source} is not a complete trace result (missing {sorted(missing)})")
-    return d
-
-
 def describe_curve(values, layers, axis: str = "layer") -> str:
     """The peak of a curve over layers (or another `axis`), or "flat" when it varies by less than `FLAT`;
     ties named as such."""
@@ -256,7 +196,7 @@ def describe_curve(values, layers, axis: str = "layer") -> str:
     return f"max RR {num(hi)} at {where}"
 
 
-def group_max(values: Tensor) -> float:
+def group_max(values: Float[Tensor, "*any"]) -> float:
     """The largest value that is not NaN (NaN when there is none)."""
     values = values[~values.isnan()]
     return float(values.max()) if values.numel() else math.nan
@@ -314,10 +254,7 @@ class TokenTrace(TraceResult):
     def expected_shape(self) -> tuple[int, ...]:
         return (len(self.layers), len(self.positions))
 
-    def group_of(self, position: int) -> str:
-        return self.groups[position]
-
-    def group_recovery(self) -> dict[str, Tensor]:
+    def group_recovery(self) -> dict[str, Float[Tensor, " layer"]]:
         """Mean recovery over each group's traced positions, `[n_layers]` per group."""
         out = {}
         for name in dict.fromkeys(self.groups[p] for p in self.positions):
@@ -366,4 +303,3 @@ class TokenTrace(TraceResult):
                                   title=title or self.title(f"restoring {self.restored()}, one position per cell"))
 
 
-RESULT_TYPES: dict[str, type[TraceResult]] = {"layers": LayerTrace, "tokens": TokenTrace}

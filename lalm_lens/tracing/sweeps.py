@@ -15,22 +15,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import TYPE_CHECKING, ClassVar, Mapping, Optional
 
 import numpy as np
 import torch
+from torch import Tensor
 from transformer_lens.utilities import get_act_name
+
+from lalm_lens.inputs.prepared import PreparedInput
 
 from lalm_lens.tracing.cells import Cell, window_layers
 from lalm_lens.tracing.checks import warn_if_ill_posed
-from lalm_lens.tracing.results import RESULT_TYPES, TraceResult, describe_curve
-from lalm_lens.tracing.trace import TraceSpec, refuse_moved, result_fields, run_trace
+from lalm_lens.tracing.results import TraceResult, describe_curve
+from lalm_lens.tracing.trace import Layout, TraceSpec, finish, prepare
+
+if TYPE_CHECKING:
+    from lalm_lens.model import HookedLALM
 
 
 PADDING = "padding after the clip"
 
 
-def time_windows(inp, window_seconds: float) -> list[tuple[float, float, list[int]]]:
+def time_windows(inp: PreparedInput, window_seconds: float) -> list[tuple[float, float, list[int]]]:
     """`(start, end, positions)` of every window holding audio positions of the clip (row 0), then, when the
     family pads the clip (Voxtral: to 30 s), one last `(duration, padded end, positions)` for the audio
     positions past the clip's end, which no window holds (see `TimeTrace.padding`)."""
@@ -189,37 +195,31 @@ class HeadTrace(TraceResult):
             f"restoring one head's z at {self.settings.get('head_positions')} position(s)"))
 
 
-RESULT_TYPES.update({"audio_time": TimeTrace, "heads": HeadTrace})
-
-
-def audio_time_trace(model, clean, corruption="silence", *, answer, metric=None, window_seconds: float = 0.5,
-                     states: str = "resid_post", layers=None, window: int = 1, engine="fast",
-                     min_effect: Optional[float] = None, **moved) -> TimeTrace:
+def audio_time_trace(model: "HookedLALM", clean: PreparedInput, corruption="silence", *, answer, metric=None,
+                     window_seconds: float = 0.5, states: str = "resid_post", layers=None, window: int = 1,
+                     engine="fast", min_effect: Optional[float] = None) -> TimeTrace:
     """When in the clip: restore clean `states` of the audio positions in each time window, at each layer."""
-    refuse_moved(moved)
     spec = TraceSpec(model, mode="layers", states=states, layers=layers, window=window, corruption=corruption,
                      metric=metric, engine=engine, min_effect=min_effect)
     windows = time_windows(clean, window_seconds)
     duration = len(clean.waveform) / clean.sampling_rate
     padding = bool(windows) and windows[-1][0] >= duration  # the remainder past the clip's end
     L = model.cfg.n_layers
-    cells = lambda groups: [Cell(window_layers(l, spec.window, L), tuple(ps)) for l in spec.layers  # noqa: E731
-                            for _, _, ps in windows]
-    job, info, engine_used, base, patched = run_trace(model, spec, clean, answer, cells)
-    info["positions"] = [ps[0] for _, _, ps in windows]
-    fields = result_fields(model, spec, clean, job, info, base, engine_used)
-    fields["settings"]["window_seconds"] = window_seconds
-    result = TimeTrace(patched=patched.view(len(spec.layers), len(windows)), positions=info["positions"],
-                       token_labels=[f"{a:.2f}-{b:.2f} s" for a, b, _ in windows[: len(windows) - padding]]
-                       + ([PADDING] if padding else []), padding=padding,
-                       windows=[[a, b] for a, b, _ in windows], window_positions=[ps for _, _, ps in windows],
-                       spectrogram=spectrogram(clean.waveform, clean.sampling_rate), **fields)
+    layout = Layout([Cell(window_layers(l, spec.window, L), tuple(ps)) for l in spec.layers for _, _, ps in windows],
+                    positions=[ps[0] for _, _, ps in windows], shape=(len(spec.layers), len(windows)),
+                    labels=[f"{a:.2f}-{b:.2f} s" for a, b, _ in windows[: len(windows) - padding]]
+                    + ([PADDING] if padding else []), result=TimeTrace, settings=dict(window_seconds=window_seconds))
+    prep = prepare(model, spec, clean, answer, lambda groups: layout)
+    result = finish(model, prep, prep.patched(model), padding=padding, windows=[[a, b] for a, b, _ in windows],
+                    window_positions=[ps for _, _, ps in windows],
+                    spectrogram=spectrogram(clean.waveform, clean.sampling_rate))
     warn_if_ill_posed(result.checks, f"the audio-time trace of {result.answer!r}")
     return result
 
 
 @torch.no_grad()
-def attention_to_audio(model, inputs: dict, final: int, audio: list[int], extra_hooks=()) -> list[list[float]]:
+def attention_to_audio(model: "HookedLALM", inputs: dict[str, Tensor], final: int, audio: list[int],
+                       extra_hooks=()) -> list[list[float]]:
     """Each head's attention mass from `final` to the `audio` positions, `[layer][head]` (mean over rows)."""
     out = [None] * model.cfg.n_layers
     idx = torch.tensor(audio, device=model.device)
@@ -232,31 +232,29 @@ def attention_to_audio(model, inputs: dict, final: int, audio: list[int], extra_
     return out
 
 
-def head_trace(model, clean, corruption="silence", *, answer, metric=None, positions: str = "all", layers=None,
-               engine="fast", min_effect: Optional[float] = None, **moved) -> HeadTrace:
+def head_trace(model: "HookedLALM", clean: Mapping, corruption="silence", *, answer, metric=None,
+               positions: str = "all", layers=None, engine="fast", min_effect: Optional[float] = None) -> HeadTrace:
     """Which heads: restore one head's attention output (`z`) at every position (`positions="all"`) or at
     the final one (`"final"`), at each layer."""
-    refuse_moved(moved)
     if positions not in ("all", "final"):
         raise ValueError(f"positions must be 'all' or 'final', got {positions!r}")
     spec = TraceSpec(model, mode="layers", states="z", layers=layers, corruption=corruption, metric=metric,
                      engine=engine, min_effect=min_effect)
     H = model.cfg.n_heads
 
-    def cells(groups):
-        where = tuple(range(len(groups))) if positions == "all" else (len(groups) - 1,)
-        return [Cell((l,), where, (h,)) for l in spec.layers for h in range(H)]
+    def layout(groups: list[str]) -> Layout:
+        where = list(range(len(groups))) if positions == "all" else [len(groups) - 1]
+        return Layout([Cell((l,), tuple(where), (h,)) for l in spec.layers for h in range(H)], positions=where,
+                      labels=[str(p) for p in where], shape=(len(spec.layers), H), result=HeadTrace,
+                      settings=dict(head_positions=positions))
 
-    job, info, engine_used, base, patched = run_trace(model, spec, clean, answer, cells)
-    info["positions"] = list(job.cells[0].positions)
-    audio = [p for p, g in enumerate(info["groups"]) if g == "audio"]
-    fields = result_fields(model, spec, clean, job, info, base, engine_used)
-    fields["settings"]["head_positions"] = positions
+    prep = prepare(model, spec, clean, answer, layout)
+    patched = prep.patched(model)
+    job = prep.job
+    audio = [p for p, g in enumerate(prep.labels.groups) if g == "audio"]
     all_layers = [attention_to_audio(model, job.clean, job.final, audio),
                   attention_to_audio(model, job.corrupted.batch(), job.final, audio, job.corrupted.hooks())]
     att = [[row[l] for l in spec.layers] for row in all_layers]
-    result = HeadTrace(patched=patched.view(len(spec.layers), H), positions=info["positions"],
-                       token_labels=[str(p) for p in info["positions"]], attention_clean=att[0],
-                       attention_corrupted=att[1], **fields)
+    result = finish(model, prep, patched, attention_clean=att[0], attention_corrupted=att[1])
     warn_if_ill_posed(result.checks, f"the head trace of {result.answer!r}")
     return result

@@ -6,49 +6,45 @@
 restores layers `[l - w//2, l + ceil(w/2))` clipped at the ends, as ROME does.
 Every argument is checked before any model work; the result carries the
 checks that say whether its recovery rates mean anything.
+
+Every trace — one item here, each item of `trace_dataset`, the sweeps of
+`sweeps.py` — is two steps around its engine's patched runs:
+`prepare(model, spec, clean, answer, layout)` -> `PreparedTrace` (the job, its
+labels, the engine chosen, the baseline and the checks, computed once), then
+`finish(model, prepared, patched)` -> the `TraceResult`.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from lalm_lens.inputs.prepared import PreparedInput
-from lalm_lens.tracing.cells import build_cells, check_indices, check_mode, check_states, check_window
-from lalm_lens.tracing.checks import resolve_min_effect, run_checks, warn_if_ill_posed
-from lalm_lens.tracing.engines import Engine, ReferenceEngine, TraceJob, as_engine
+from lalm_lens.tracing.cells import Cell, build_cells, check_indices, check_mode, check_states, check_window
+from lalm_lens.tracing.checks import Checks, resolve_min_effect, run_checks, warn_if_ill_posed
+from lalm_lens.tracing.engines import Baseline, Engine, ReferenceEngine, TraceJob, as_engine
 from lalm_lens.tracing.groups import final_position, non_audio_positions, special_positions, token_groups
 from lalm_lens.tracing.interventions import Corruption, CorruptedRun, as_corruption, check_same_layout
 from lalm_lens.tracing.metrics import Metric, as_metric, token_id
 from lalm_lens.tracing.results import LayerTrace, TokenTrace, TraceResult
 
-MOVED = {  # 0.1 keywords -> what replaced them
-    "noise_scale": "corruption=GaussianNoise(scale=...)", "n_samples": "corruption=GaussianNoise(n_samples=...)",
-    "seed": "the corruption's seed, e.g. GaussianNoise(seed=...) or WhiteNoise(seed=...)",
-    "snr_db": "corruption=WhiteNoise(snr_db=...)", "swap_audio": "corruption=Swap(audio)",
-    "method": "engine='attribution'", "max_batch_tokens": "engine=FastEngine(max_batch_tokens=...)",
-    "corrupted": "the third argument, corruption= (a dict of tensors or Given(inputs))",
-}
+if TYPE_CHECKING:
+    from lalm_lens.model import HookedLALM
 
 
-def refuse_moved(kwargs: dict) -> None:
-    for key in kwargs:
-        if key in MOVED:
-            raise TypeError(f"{key}= is no longer a causal_trace argument: use {MOVED[key]}")
-    if kwargs:
-        raise TypeError(f"unexpected argument(s) {sorted(kwargs)}")
-
-
-def answer_token(model, inp: Mapping, answer) -> tuple[int, str]:
+def answer_token(model: "HookedLALM", inp: Mapping, answer) -> tuple[int, str]:
     """The answer's token id and label (see `metrics.token_id` for how strings are read)."""
     token = token_id(model, inp, answer)
     label = answer if isinstance(answer, str) else (model.tokenizer.decode([token]) if model.tokenizer else str(token))
     return token, label
 
 
-def input_groups(model, inp: Mapping) -> list[str]:
+def input_groups(model: "HookedLALM", inp: Mapping) -> list[str]:
     if isinstance(inp, PreparedInput):
         return token_groups(inp)
     ids = inp["input_ids"]
@@ -62,8 +58,8 @@ def input_groups(model, inp: Mapping) -> list[str]:
 class TraceSpec:
     """The checked settings of a trace (what a dataset run validates once, before its first item)."""
 
-    def __init__(self, model, *, mode="tokens", states="resid_post", layers=None, positions=None, window=1,
-                 corruption="silence", metric=None, engine="fast", min_effect=None, lora=None):
+    def __init__(self, model: "HookedLALM", *, mode="tokens", states="resid_post", layers=None, positions=None,
+                 window=1, corruption="silence", metric=None, engine="fast", min_effect=None, lora=None):
         self.mode = check_mode(mode)
         self.states = check_states(model, states)
         self.layers = check_indices(layers, model.cfg.n_layers, "layer(s)", range(model.cfg.n_layers))
@@ -88,7 +84,7 @@ class TraceSpec:
 LORA_SETTINGS = ("on", "off", "clean")
 
 
-def check_lora(model, lora: Optional[str]) -> Optional[str]:
+def check_lora(model: "HookedLALM", lora: Optional[str]) -> Optional[str]:
     """`lora=`: None (the model's own rule), or "on"/"off" in every run, "clean" in the clean run only."""
     if lora is None:
         return None
@@ -99,9 +95,53 @@ def check_lora(model, lora: Optional[str]) -> Optional[str]:
     return lora
 
 
-def prepare_job(model, spec: TraceSpec, clean: Mapping, answer, cells=None) -> tuple[TraceJob, dict]:
-    """Everything an engine needs for one item (the corruption built, cells chosen — or `cells(groups)`
-    for a sweep of its own), and the labels."""
+@dataclass(frozen=True)
+class Layout:
+    """A trace's cells and how their scores are laid out in its result: `patched` viewed as `shape`
+    (None: as the engine returns it, one per cell), the result's `positions` and their `labels` (None:
+    the tokens there), its class, and what a sweep adds to the settings."""
+
+    cells: list[Cell]
+    positions: list[int] = field(default_factory=list)
+    labels: Optional[list[str]] = None
+    shape: Optional[tuple[int, ...]] = None
+    result: type = LayerTrace
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def spec_layout(spec: TraceSpec, positions: list[int], n_layers: int) -> Layout:
+    """`causal_trace`'s layout: one cell per layer (x position, `mode="tokens"`)."""
+    cells = build_cells(spec.mode, spec.layers, positions, spec.window, n_layers)
+    if spec.mode == "tokens":
+        return Layout(cells, positions, shape=(len(spec.layers), len(positions)), result=TokenTrace)
+    return Layout(cells, positions, result=LayerTrace)
+
+
+@dataclass(frozen=True)
+class ItemLabels:
+    """What a trace names besides its numbers: every position's token group, the answer, the corruption."""
+
+    groups: list[str]
+    answer: str
+    corruption: str  # the corrupted run's description
+
+
+class PreparedJob(NamedTuple):
+    """An engine's job for one item, its labels and its layout (before any model run)."""
+
+    job: TraceJob
+    labels: ItemLabels
+    layout: Layout
+
+
+def on_device(model: "HookedLALM", inputs: Mapping) -> dict[str, Tensor]:
+    return {k: v.to(model.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+
+
+def prepare_job(model: "HookedLALM", spec: TraceSpec, clean: Mapping, answer,
+                layout: Optional[Callable[[list[str]], Layout]] = None) -> PreparedJob:
+    """Everything an engine needs for one item: the corruption built, the metric bound, the cells of
+    `spec` — or of `layout(groups)`, a sweep's own."""
     if clean["input_ids"].ndim != 2 or clean["input_ids"].shape[0] != 1:
         raise ValueError(f"trace one item at a time (got input_ids of shape {tuple(clean['input_ids'].shape)}); "
                          "use trace_dataset for many")
@@ -111,16 +151,15 @@ def prepare_job(model, spec: TraceSpec, clean: Mapping, answer, cells=None) -> t
     score = spec.metric.bind(model, clean, answer_id)
     corr: CorruptedRun = spec.corruption.apply(model, clean)
     check_same_layout(clean, corr.inputs)
-    on_device = lambda inputs: {k: v.to(model.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}  # noqa: E731
-    corr.inputs = on_device(corr.inputs)
-    cells = (build_cells(spec.mode, spec.layers, positions, spec.window, model.cfg.n_layers) if cells is None
-             else cells(groups))
-    job = TraceJob(on_device(clean), corr, spec.states, cells, final_position(clean), answer_id, score, spec.lora)
-    info = dict(groups=groups, positions=positions, answer=answer_label, corruption=corr.description)
-    return job, info
+    corr.inputs = on_device(model, corr.inputs)
+    plan = spec_layout(spec, positions, model.cfg.n_layers) if layout is None else layout(groups)
+    job = TraceJob(on_device(model, clean), corr, spec.states, plan.cells, final_position(clean), answer_id, score,
+                   spec.lora)
+    return PreparedJob(job, ItemLabels(groups, answer_label, corr.description), plan)
 
 
-def pick_engine(model, spec: TraceSpec, job: TraceJob) -> Engine:
+def pick_engine(model: "HookedLALM", spec: TraceSpec, job: TraceJob) -> Engine:
+    """The spec's engine, or the reference engine (warned) where it cannot honour the model's hooks."""
     reason = spec.engine.unsupported(model, job)
     if reason is None:
         return spec.engine
@@ -128,44 +167,77 @@ def pick_engine(model, spec: TraceSpec, job: TraceJob) -> Engine:
     return ReferenceEngine()
 
 
-def result_fields(model, spec: TraceSpec, clean, job: TraceJob, info: dict, base, engine: Engine) -> dict:
-    """What every result of a trace holds besides its scores' layout: checks, labels, settings."""
-    checks = run_checks(model, base.clean_logits, base.corrupted_logits, job.answer, base.clean_score,
-                        base.corrupted_score, spec.min_effect)
-    str_tokens = clean.str_tokens[0] if isinstance(clean, PreparedInput) else []
-    meta = getattr(clean, "meta", {}) or {}
-    seconds = (meta.get("audio_seconds") or [None])[0]
-    settings = dict(spec.settings(), model=getattr(model, "name_or_path", None), corruption=info["corruption"],
-                    corruption_kind=spec.corruption.to_dict()["kind"], engine=engine.to_dict(),
-                    audio_seconds=None if seconds is None or not len(seconds) else [float(seconds[0]), float(seconds[-1])],
-                    duration=None if getattr(clean, "waveform", None) is None else len(clean.waveform) / clean.sampling_rate)
-    metric = dict(spec.metric.to_dict(), describe=spec.metric.describe(), probability=spec.metric.probability)
-    return dict(clean=base.clean_score, corrupted=base.corrupted_score, layers=list(spec.layers),
-                groups=dict(enumerate(info["groups"])), states=spec.states, answer=info["answer"],
-                answer_token=job.answer, metric=metric, checks=checks, settings=settings, str_tokens=str_tokens,
-                special_positions=special_positions(clean, model.tokenizer) if isinstance(clean, PreparedInput) else [])
+@dataclass
+class PreparedTrace:
+    """One item's trace before its patched runs: the job, labels and layout, the engine chosen, its
+    baseline (the clean and corrupted runs) and the checks of that baseline — made by `prepare` only."""
+
+    spec: TraceSpec
+    clean: Mapping  # the input as given (a `PreparedInput` names its tokens)
+    job: TraceJob
+    labels: ItemLabels
+    layout: Layout
+    engine: Engine
+    baseline: Baseline
+    checks: Checks
+
+    @property
+    def n_tokens(self) -> int:
+        return self.job.clean["input_ids"].shape[1]
+
+    @property
+    def work(self) -> int:
+        """Rows x positions of the suffixes the fast engine runs (sizes `batch_items="auto"`)."""
+        runs = self.baseline.corrupted_logits.shape[0]
+        return sum(runs * (self.n_tokens - min(c.positions)) for c in self.job.cells)
+
+    def patched(self, model: "HookedLALM") -> Float[Tensor, "n_cells"]:
+        """The engine's patched score of every cell (`trace_dataset` batches several items instead)."""
+        return self.engine.patched(model, self.job, self.baseline)
 
 
-def make_result(model, spec: TraceSpec, clean, job: TraceJob, info: dict, base, patched, engine: Engine) -> TraceResult:
-    fields = result_fields(model, spec, clean, job, info, base, engine)
-    positions = info["positions"]
-    if spec.mode == "tokens":
-        patched = patched.view(len(spec.layers), len(positions))
-    labels = [fields["str_tokens"][p] if fields["str_tokens"] else str(p) for p in positions]
-    cls = TokenTrace if spec.mode == "tokens" else LayerTrace
-    return cls(patched=patched, positions=positions, token_labels=labels, **fields)
-
-
-def run_trace(model, spec: TraceSpec, clean: Mapping, answer, cells=None):
-    """The job, its labels, the engine that ran it, its baseline and patched scores (checks warned)."""
-    job, info = prepare_job(model, spec, clean, answer, cells)
+def prepare(model: "HookedLALM", spec: TraceSpec, clean: Mapping, answer,
+            layout: Optional[Callable[[list[str]], Layout]] = None) -> PreparedTrace:
+    """Step one of every trace: the job, the engine (checked against the model's hooks), the baseline and
+    its checks."""
+    job, labels, plan = prepare_job(model, spec, clean, answer, layout)
     engine = pick_engine(model, spec, job)
     base = engine.baseline(model, job)
-    return job, info, engine, base, engine.patched(model, job, base)
+    checks = run_checks(model, base.clean_logits, base.corrupted_logits, job.answer, base.clean_score,
+                        base.corrupted_score, spec.min_effect)
+    return PreparedTrace(spec, clean, job, labels, plan, engine, base, checks)
+
+
+def trace_settings(model: "HookedLALM", prep: PreparedTrace) -> dict:
+    """The result's settings: the spec's, the run's (model, corruption, engine, the clip), the sweep's."""
+    spec, clean = prep.spec, prep.clean
+    meta = getattr(clean, "meta", {}) or {}
+    seconds = (meta.get("audio_seconds") or [None])[0]
+    settings = dict(spec.settings(), model=model.name_or_path, corruption=prep.labels.corruption,
+                    corruption_kind=spec.corruption.to_dict()["kind"], engine=prep.engine.to_dict(),
+                    audio_seconds=None if seconds is None or not len(seconds) else [float(seconds[0]), float(seconds[-1])],
+                    duration=None if getattr(clean, "waveform", None) is None else len(clean.waveform) / clean.sampling_rate)
+    return dict(settings, **prep.layout.settings)
+
+
+def finish(model: "HookedLALM", prep: PreparedTrace, patched: Float[Tensor, "n_cells"], **fields) -> TraceResult:
+    """Step two of every trace: the result of `prep`'s patched scores (`fields`: a sweep's own)."""
+    spec, clean, plan, base = prep.spec, prep.clean, prep.layout, prep.baseline
+    str_tokens = clean.str_tokens[0] if isinstance(clean, PreparedInput) else []
+    labels = plan.labels if plan.labels is not None else [str_tokens[p] if str_tokens else str(p) for p in plan.positions]
+    metric = dict(spec.metric.to_dict(), describe=spec.metric.describe(), probability=spec.metric.probability)
+    return plan.result(
+        patched=patched if plan.shape is None else patched.view(*plan.shape), positions=plan.positions,
+        token_labels=labels, clean=base.clean_score, corrupted=base.corrupted_score, layers=list(spec.layers),
+        groups=dict(enumerate(prep.labels.groups)), states=spec.states, answer=prep.labels.answer,
+        answer_token=prep.job.answer, metric=metric, checks=prep.checks, settings=trace_settings(model, prep),
+        str_tokens=str_tokens,
+        special_positions=special_positions(clean, model.tokenizer) if isinstance(clean, PreparedInput) else [],
+        **fields)
 
 
 def causal_trace(
-    model,
+    model: "HookedLALM",
     clean: Mapping,
     corruption: Union[str, Corruption, Mapping] = "silence",
     *,
@@ -179,7 +251,6 @@ def causal_trace(
     engine: Union[str, Engine] = "fast",
     min_effect: Optional[float] = None,
     lora: Optional[str] = None,
-    **moved,
 ) -> TraceResult:
     """Trace one item: restore clean `states` in the corrupted run, cell by cell.
 
@@ -194,10 +265,9 @@ def causal_trace(
     a LoRA adapter, e.g. Granite Speech): "on" or "off" in every run, "clean" in the clean run
     only (what the adapter's reading of the clean input restores); None: the model's own rule.
     """
-    refuse_moved(moved)
     spec = TraceSpec(model, mode=mode, states=states, layers=layers, positions=positions, window=window,
                      corruption=corruption, metric=metric, engine=engine, min_effect=min_effect, lora=lora)
-    job, info, engine, base, patched = run_trace(model, spec, clean, answer)
-    result = make_result(model, spec, clean, job, info, base, patched, engine)
+    prep = prepare(model, spec, clean, answer)
+    result = finish(model, prep, prep.patched(model))
     warn_if_ill_posed(result.checks, f"the trace of {result.answer!r}")
     return result

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from lalm_lens.families.base import Family, Reference
+from lalm_lens.families.base import Family, Option, Reference
 from lalm_lens.families.desta.prompts import Desta2Prompts, DestaPrompts
 from lalm_lens.hub import Checkpoint, resolve_checkpoint
 from weight_conversion import desta as conversion
-from weight_conversion.base import CheckpointError, WeightSource
+from weight_conversion.base import WeightSource
+from weight_conversion.errors import CheckpointError
 
 
 def read_sources(ckpt: Checkpoint, version=conversion.DESTA25, encoder_path=None, llm_path=None):
@@ -70,7 +71,9 @@ DESTA25 = Family(
     prompts=lambda ckpt, config, src: DestaPrompts.from_config(config),
     reference=Reference(load_reference, lambda ref: list(ref.encoder.layers), lambda ref, inp: ref(**inp)),
     read_config=read_sources,
-    options=("encoder_path", "llm_path"),
+    options=(Option("encoder_path", "a local Whisper folder instead of the config's encoder id"),
+             Option("llm_path", "a local LM folder instead of the config's LM id")),
+    prepare_options=(Option("transcript", "the transcript (default: Whisper decoding)"),),
     weight_sources=weight_sources,
     generation_folder=lambda ckpt, src: src.llm_path,
 )

@@ -107,7 +107,7 @@ def load_reference(connector_files, src, config, dtype=None, device=None) -> Des
     """Build the reference from the three checkpoints a DeSTA model is made of (`src`: `DestaSources`)."""
     from transformers import LlamaForCausalLM, WhisperForConditionalGeneration
 
-    from weight_conversion.base import read_tensors
+    from weight_conversion.reading import read_tensors
 
     whisper = WhisperForConditionalGeneration.from_pretrained(src.encoder_path, dtype=dtype)
     llm = LlamaForCausalLM.from_pretrained(src.llm_path, dtype=dtype)

@@ -33,8 +33,8 @@ LORA_MODES = ("auto", "on", "off")
 
 
 class GraniteSpeechLALM(HookedLALM):
-    def __init__(self, config: LALMConfig):
-        super().__init__(config)
+    def __init__(self, config: LALMConfig, **loaded: Any):
+        super().__init__(config, **loaded)  # `loaded`: what from_pretrained knows (family, prompts, name_or_path)
         cfg = self.cfg
         self.embed = ScaledEmbed(cfg)
         self.blocks = nn.ModuleList(GraniteBlock(cfg, layer) for layer in range(cfg.n_layers))

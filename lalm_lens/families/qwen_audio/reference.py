@@ -80,7 +80,7 @@ def load_reference(ckpt, dtype=None, device=None) -> QwenAudioReference:
     from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    from weight_conversion.base import read_tensors
+    from weight_conversion.reading import read_tensors
 
     c = ckpt.config()
     a = c["audio"]

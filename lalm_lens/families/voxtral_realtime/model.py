@@ -41,8 +41,8 @@ def delay_steps(value) -> int:
 class HookedRealtimeLALM(HookedLALM):
     """Streaming encoder, time-aligned audio stream, time-conditioned decoder norms."""
 
-    def __init__(self, config: LALMConfig):
-        super().__init__(config)
+    def __init__(self, config: LALMConfig, **loaded: Any):
+        super().__init__(config, **loaded)  # `loaded`: what from_pretrained knows (family, prompts, name_or_path)
         cfg = self.cfg
         self.time_embedding = TimeEmbedding(cfg.d_model, config.extra["time_theta"])
         for block in self.blocks:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Union
 
 from lalm_lens.tracing.engines.attribution import AttributionEngine
-from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob
-from lalm_lens.tracing.engines.fast import FastEngine
-from lalm_lens.tracing.engines.reference import ReferenceEngine
+from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, restoring
+from lalm_lens.tracing.engines.fast import FastBaseline, FastEngine
+from lalm_lens.tracing.engines.reference import ReferenceBaseline, ReferenceEngine
 
 ENGINES = {"fast": FastEngine, "reference": ReferenceEngine, "attribution": AttributionEngine}
 
@@ -24,4 +24,5 @@ def as_engine(engine: Union[str, Engine]) -> Engine:
     return ENGINES[engine]()
 
 
-__all__ = ["AttributionEngine", "Baseline", "ENGINES", "Engine", "FastEngine", "ReferenceEngine", "TraceJob", "as_engine"]
+__all__ = ["AttributionEngine", "Baseline", "ENGINES", "Engine", "FastBaseline", "FastEngine", "ReferenceBaseline",
+           "ReferenceEngine", "TraceJob", "as_engine", "restoring"]

@@ -7,16 +7,23 @@ and approximate: compare with the exact engines before trusting a map.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from lalm_lens.tracing.engines.base import Baseline, TraceJob, lora_for, restore_index
-from lalm_lens.tracing.engines.reference import ReferenceEngine
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lalm_lens.tracing.engines.base import TraceJob, lora_for, restore_index
+from lalm_lens.tracing.engines.reference import ReferenceBaseline, ReferenceEngine
+
+if TYPE_CHECKING:
+    from lalm_lens.model import HookedLALM
 
 
 class AttributionEngine(ReferenceEngine):
     name = "attribution"
 
-    def patched(self, model, job: TraceJob, base: Baseline) -> torch.Tensor:
+    def patched(self, model: "HookedLALM", job: TraceJob, base: ReferenceBaseline) -> Float[Tensor, "n_cells"]:
         names = job.state_names(model.cfg.n_layers)
         acts = {}
 
@@ -32,7 +39,7 @@ class AttributionEngine(ReferenceEngine):
             logits = model.run_with_hooks(job.corrupted.batch(), fwd_hooks=hooks)
             score = job.score(logits[:, job.final]).mean()
             grads = torch.autograd.grad(score, [acts[name] for name in names])
-        clean = base.state
+        clean = base.cache
         # contribution of each restored entry: Σ_runs (clean − corrupted) · grad over the state's feature axes
         deltas = [((clean[name][:1].to(g.dtype) - acts[name].detach()) * g).sum(0) for name, g in zip(names, grads)]
         out = []

@@ -13,7 +13,10 @@ The clean and corrupted runs are plain forwards of the model (every user hook
 fires as in a plain forward); the suffixes call the model's own pieces
 (`run_blocks`, `readout`, its rotary tables). Where the user has hooks on the
 blocks a suffix re-runs, the engine cannot honour them (they would see partial
-sequences) and says so: the trace falls back to the reference engine.
+sequences) and says so: the trace falls back to the reference engine. Which hooks
+those are is declared by module (`RERUN_AFTER_BLOCKS`, `AUDIO_SIDE`), not read
+from hook names. Clean states are written back with `restoring`, one hook per
+suffix layer.
 Three exact savings: a cell whose leading patches restore a state the
 corruption never changed starts later (or is the corrupted run itself); a cell
 restoring a state that settles its layer (`resid_post`, `resid_mid`, `mlp_out`,
@@ -25,39 +28,48 @@ only (`answer_layer.py`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
-from torch import Tensor
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
 from lalm_lens.components.kv_cache import KVCache
 from lalm_lens.components.masks import LMContext, additive, allowed_keys
 from lalm_lens.tracing.cells import Cell
 from lalm_lens.tracing.engines.answer_layer import SAFE_STATES, answer_only
-from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, lora_for, restore_index, score_of
+from lalm_lens.tracing.engines.base import (Baseline, Engine, HookFn, TraceJob, lora_for, restore_index, restoring,
+                                            score_of)
 from lalm_lens.tracing.engines.join import block_output, joins_after, kept_names
 from lalm_lens.tracing.engines.prefix import PrefixKV
 
+if TYPE_CHECKING:
+    from lalm_lens.model import HookedLALM
+
 DEFAULT_MAX_BATCH_TOKENS = 16384
 PAD_SLACK = 0.75  # a suffix joins a batch if it is at least this fraction of the batch's longest
-_HOOK_LEVEL = -7301  # context level of the engine's own hooks, so user hooks stay untouched
-AUDIO_SIDE = ("audio_encoder.", "audio_projector.", "hook_audio_embeds")
+# Which user hooks the engine honours, by the model's modules: a suffix re-runs the blocks from its first one
+# and these (a hook inside them would see partial sequences: the trace falls back to the reference engine) ...
+RERUN_AFTER_BLOCKS = ("ln_final",)
+# ... and the noise shortcut (encode once, add each sample) skips these (a hook inside them keeps the hooked run).
+AUDIO_SIDE = ("audio_encoder", "audio_projector", "hook_audio_embeds")
 
 
 @dataclass
 class ItemRuns:
     """What one item's clean and corrupted runs leave for the suffixes (batch axes dropped where single)."""
 
-    clean: dict[str, Tensor]  # the traced state of the clean run (and what joins need) per hook name, [T, ...]
-    resid_pre: list[Tensor]  # corrupted, per layer and after the last, [n_runs, T - first, d_model]
-    corrupted: dict[str, Tensor]  # what joins need of the corrupted run per hook name, [n_runs, T - first, ...]
-    keys: list[Tensor]  # corrupted, per layer [n_runs, T, n_kv_heads, d_head]
-    values: list[Tensor]
-    positions: Tensor  # rotary position ids [..., T] (one or three streams)
-    key_valid: Optional[Tensor]  # [T] attention mask of the item
+    clean: dict[str, Float[Tensor, "pos ..."]]  # the traced state of the clean run (and what joins need) per hook name
+    resid_pre: list[Float[Tensor, "n_runs suffix d_model"]]  # corrupted, per layer and after the last, from `first`
+    corrupted: dict[str, Float[Tensor, "n_runs suffix ..."]]  # what joins need of the corrupted run per hook name
+    keys: list[Float[Tensor, "n_runs pos n_kv_heads d_head"]]  # corrupted, per layer
+    values: list[Float[Tensor, "n_runs pos n_kv_heads d_head"]]
+    positions: Int[Tensor, "... pos"]  # rotary position ids (one or three streams)
+    key_valid: Optional[Bool[Tensor, "pos"]]  # the item's attention mask
     first: int  # the first position any cell restores
-    unchanged: list[Tensor]  # per layer [T]: the state equal bitwise in the clean and every corrupted run
+    unchanged: list[Bool[Tensor, "pos"]]  # per layer: the state equal bitwise in the clean and every corrupted run
     n_runs: int
 
     @property
@@ -79,11 +91,24 @@ class Group:
     join: int  # the block its rows start at (`layers[0]`, or the next one: `join.py`; n_layers: read out only)
 
 
-def hooked_names(model) -> list[str]:
-    return [name for name, hp in model.hook_dict.items() if hp.has_hooks()]
+@dataclass
+class FastBaseline(Baseline):
+    """The baseline and what the suffixes of its cells read (`ItemRuns`)."""
+
+    runs: ItemRuns = None
 
 
-def _plain_run(model, inputs, names: set[str], extra_hooks=(), kv_cache=None):
+def hooked_in(model: "HookedLALM", modules: Iterable[nn.Module]) -> list[str]:
+    """The names of the hook points inside `modules` that hold hooks (in the model's order)."""
+    inside = {id(m) for module in modules for m in module.modules() if isinstance(m, HookPoint)}
+    return [name for name, hp in model.hook_dict.items() if id(hp) in inside and hp.has_hooks()]
+
+
+def modules_named(model: "HookedLALM", names: tuple[str, ...]) -> list[nn.Module]:
+    return [getattr(model, n) for n in names if getattr(model, n, None) is not None]
+
+
+def _plain_run(model: "HookedLALM", inputs, names: set[str], extra_hooks=(), kv_cache=None):
     """A plain forward (user hooks fire as usual) keeping the activations in `names`."""
     with model.hooks(fwd_hooks=list(extra_hooks)):
         return model.run_with_cache(inputs, kv_cache=kv_cache, names_filter=lambda name: name in names)
@@ -99,10 +124,9 @@ class FastEngine(Engine):
     def to_dict(self) -> dict:
         return {"name": self.name, "max_batch_tokens": self.max_batch_tokens}
 
-    def unsupported(self, model, job: TraceJob) -> Optional[str]:
+    def unsupported(self, model: "HookedLALM", job: TraceJob) -> Optional[str]:
         start = min(c.layers[0] for c in job.cells)
-        blocking = [n for n in hooked_names(model) if n.startswith("ln_final.") or (
-            n.startswith("blocks.") and int(n.split(".")[1]) >= start)]
+        blocking = hooked_in(model, [*model.blocks[start:], *modules_named(model, RERUN_AFTER_BLOCKS)])
         if blocking:
             shown = ", ".join(blocking[:3]) + (f" and {len(blocking) - 3} more" if len(blocking) > 3 else "")
             return (f"hook(s) on {shown} would see partial sequences in the fast engine's suffix runs, "
@@ -111,7 +135,7 @@ class FastEngine(Engine):
 
     # ------------------------------------------------------------ clean and corrupted runs
     @torch.no_grad()
-    def baseline(self, model, job: TraceJob) -> Baseline:
+    def baseline(self, model: "HookedLALM", job: TraceJob) -> FastBaseline:
         L = model.cfg.n_layers
         states = job.state_names(L)
         resid = [get_act_name("resid_pre", layer) for layer in range(L)] + [get_act_name("resid_post", L - 1)]
@@ -123,11 +147,9 @@ class FastEngine(Engine):
         kv = KVCache(L)
         inputs, hooks = corr.batch(), corr.hooks()
         audio = clean_cache.cache_dict.get("hook_audio_embeds")
-        if corr.noise is not None and audio is not None and not any(n.startswith(AUDIO_SIDE) for n in hooked_names(model)):
-            # the encoder's output is the clean one: encode once, add each noise sample (exact, no hooks to honour)
-            inputs = {k: v for k, v in inputs.items() if k not in ("input_features", "feature_attention_mask")}
-            inputs["audio_embeds"] = audio.repeat(corr.n_runs, 1) + corr.noise.reshape(-1, audio.shape[-1]).to(audio.dtype)
-            hooks = []
+        if corr.on_audio_vectors and audio is not None and not hooked_in(model, modules_named(model, AUDIO_SIDE)):
+            # the encoder's output is the clean one: encode once, the corruption adds its noise (no hooks to honour)
+            inputs, hooks = corr.with_audio_vectors(audio), []
         with lora_for(model, job, "corrupted"):
             logits, corr_cache = _plain_run(model, inputs, set(states) | set(resid) | corr_extra, hooks, kv)
         corr_logits = logits[:, job.final]
@@ -149,22 +171,23 @@ class FastEngine(Engine):
             unchanged=[(corr_cache[name] == clean_cache[name]).flatten(2).all(-1).all(0) for name in states],
             n_runs=corr.n_runs,
         )
-        return Baseline(clean_logits[0], corr_logits, score_of(job, clean_logits), score_of(job, corr_logits), runs)
+        return FastBaseline(clean_logits[0], corr_logits, score_of(job, clean_logits), score_of(job, corr_logits),
+                            runs=runs)
 
     # ------------------------------------------------------------ patched runs
     @torch.no_grad()
-    def patched(self, model, job: TraceJob, base: Baseline) -> Tensor:
+    def patched(self, model: "HookedLALM", job: TraceJob, base: FastBaseline) -> Float[Tensor, "n_cells"]:
         return self.patched_many(model, [job], [base])[0]
 
     @torch.no_grad()
-    def patched_many(self, model, jobs: list[TraceJob], bases: list[Baseline]) -> list[Tensor]:
+    def patched_many(self, model: "HookedLALM", jobs: list[TraceJob], bases: list[FastBaseline]) -> list[Tensor]:
         outs = [torch.full((len(j.cells),), b.corrupted_score, dtype=torch.float64) for j, b in zip(jobs, bases)]
         groups, readouts = [], []
         L = model.cfg.n_layers
         for j, (job, base) in enumerate(zip(jobs, bases)):
             after = joins_after(job.states, model)
             for c, cell in enumerate(job.cells):
-                layers = effective_layers(cell.layers, cell.positions, base.state)
+                layers = effective_layers(cell.layers, cell.positions, base.runs)
                 if not layers:  # the cell is the corrupted run itself
                     continue
                 g = Group(j, c, layers, cell.positions, cell.heads, min(cell.positions), job.final, layers[0] + after)
@@ -174,24 +197,24 @@ class FastEngine(Engine):
                     readouts.append(g)
         if readouts:  # (a patch after the last block elsewhere leaves the corrupted run)
             with lora_for(model, jobs[0], "corrupted"):
-                values = run_readouts(model, jobs, [b.state for b in bases], readouts)
+                values = run_readouts(model, jobs, [b.runs for b in bases], readouts)
             for g, value in zip(readouts, values):
                 outs[g.item][g.cell] = value
         # longest suffixes first; a batch holds suffixes within `PAD_SLACK` of its longest (little padding)
         # and stays under the budget of rows x positions
-        width = lambda g: bases[g.item].state.length - g.i0  # noqa: E731
+        width = lambda g: bases[g.item].runs.length - g.i0  # noqa: E731
         groups.sort(key=lambda g: (-width(g), g.item, g.i0))
         batch: list[Group] = []
         for g in groups + [None]:
             if g is not None:
-                rows = sum(bases[x.item].state.n_runs for x in batch + [g])
+                rows = sum(bases[x.item].runs.n_runs for x in batch + [g])
                 if not batch or (rows * width(batch[0]) <= self.max_batch_tokens
                                  and width(g) >= PAD_SLACK * width(batch[0])):
                     batch.append(g)
                     continue
             if batch:  # (none when every cell was settled by a readout or left the corrupted run)
                 with lora_for(model, jobs[0], "corrupted"):  # one trace's jobs share their settings
-                    values = run_suffixes(model, jobs, [b.state for b in bases], batch)
+                    values = run_suffixes(model, jobs, [b.runs for b in bases], batch)
                 for grp, value in zip(batch, values):
                     outs[grp.item][grp.cell] = value
             batch = [g] if g is not None else []
@@ -212,7 +235,7 @@ def effective_layers(layers: tuple[int, ...], positions: tuple[int, ...], runs: 
     return tuple(layers)
 
 
-def joined_resid(model, states: str, item: ItemRuns, g: Group) -> Tensor:
+def joined_resid(model: "HookedLALM", states: str, item: ItemRuns, g: Group) -> Float[Tensor, "n_runs suffix d_model"]:
     """`[n_runs, T - i0, d_model]`: the residual entering block `g.join` for the group's rows."""
     x = item.resid_pre[g.join][:, g.i0 - item.first:]
     if g.join == g.layers[0]:  # the patch is inside this block (its hooks restore it)
@@ -224,7 +247,7 @@ def joined_resid(model, states: str, item: ItemRuns, g: Group) -> Tensor:
     return x
 
 
-def run_readouts(model, jobs: list[TraceJob], runs: list[ItemRuns], groups: list[Group]) -> list[float]:
+def run_readouts(model: "HookedLALM", jobs: list[TraceJob], runs: list[ItemRuns], groups: list[Group]) -> list[float]:
     """The metric of cells whose first patch settles the last block: `readout` of the answer position."""
     finals = []
     for g in groups:
@@ -252,7 +275,7 @@ def _pad_to(t: Tensor, n: int, dim: int) -> Tensor:
 class SuffixBatch:
     """The rows of one batch of cells: who they are, and their masks, rotary tables and prefixes."""
 
-    def __init__(self, model, jobs, runs: list[ItemRuns], groups: list[Group]):
+    def __init__(self, model: "HookedLALM", runs: list[ItemRuns], groups: list[Group]):
         self.groups = sorted(groups, key=lambda g: g.join)  # rows join in this order
         dev = model.device
         self.width = max(runs[g.item].length - g.i0 for g in groups)
@@ -272,7 +295,8 @@ class SuffixBatch:
         positions = torch.stack([_pad_to(runs[g.item].positions[..., g.i0:], self.width, -1) for g in row_groups], -2)
         self.rope = model.rotary.cos_sin(positions, runs[0].resid_pre[0].dtype)
 
-    def _mask(self, model, runs, row_groups) -> Tensor:
+    def _mask(self, model: "HookedLALM", runs: list[ItemRuns], row_groups: list[Group]
+              ) -> Float[Tensor, "rows 1 suffix keys"]:
         """`[rows, 1, suffix, prefix + suffix]`: a row sees its own prefix slots and, causally, its suffix."""
         dev, P, S = model.device, self.prefix_len, self.width
         q, slots = torch.arange(S, device=dev), torch.arange(P, device=dev)
@@ -307,7 +331,8 @@ class SuffixBatch:
         return self._prefix_kv.rows(n_rows)
 
 
-def _restore(runs: list[ItemRuns], batch: SuffixBatch, layer: int, name: str, n_rows: int, only_answer: bool = False):
+def _restore(runs: list[ItemRuns], batch: SuffixBatch, layer: int, name: str, n_rows: int,
+             only_answer: bool = False) -> Optional[HookFn]:
     """A hook writing the clean state back for the rows patched at `layer` (None: no row is)."""
     rows, pos, heads, values = [], [], [], []
     row = 0
@@ -346,9 +371,9 @@ def _restore(runs: list[ItemRuns], batch: SuffixBatch, layer: int, name: str, n_
     return hook
 
 
-def run_suffixes(model, jobs: list[TraceJob], runs: list[ItemRuns], groups: list[Group]) -> list[float]:
+def run_suffixes(model: "HookedLALM", jobs: list[TraceJob], runs: list[ItemRuns], groups: list[Group]) -> list[float]:
     """The metric of each group's cell (mean over its rows), in the order of `groups`."""
-    batch = SuffixBatch(model, jobs, runs, groups)
+    batch = SuffixBatch(model, runs, groups)
     states = jobs[0].states
     L = model.cfg.n_layers
     shortcut = states in SAFE_STATES
@@ -361,28 +386,21 @@ def run_suffixes(model, jobs: list[TraceJob], runs: list[ItemRuns], groups: list
             new = [_pad_to(joined_resid(model, states, runs[g.item], g), batch.width, 1) for g in joining]
             x = torch.cat(new if x is None else [x, *new])  # a new tensor: the restores write into it
             n_rows += sum(runs[g.item].n_runs for g in joining)
-        name = get_act_name(states, layer)
+        name = jobs[0].state.hook(layer)
         last = shortcut and layer == L - 1
         ctx = LMContext(batch.mask[:n_rows], tuple(t[:n_rows] for t in batch.rope))
         prefix = batch.prefix(runs, n_rows)
-        if last and states == "resid_pre":
-            restore = _restore(runs, batch, layer, name, n_rows)
-            if restore is not None:  # before the keys of every position are projected
-                x = restore(x, None)
+        if last and states == "resid_pre":  # restored at every position before their keys are projected
+            with restoring(model, name, _restore(runs, batch, layer, name, n_rows)):
+                x = model.hook_dict[name](x)
             restore = None
         else:
             restore = _restore(runs, batch, layer, name, n_rows, only_answer=last)
-        hook_point = model.hook_dict[name] if restore is not None else None
-        if hook_point is not None:
-            hook_point.add_hook(restore, level=_HOOK_LEVEL)
-        try:
+        with restoring(model, name, restore):
             if last:
                 x = answer_only(model.blocks[layer], x, batch.answer_at[:n_rows], ctx, prefix)
             else:
                 x = model.run_blocks(x, ctx, layer, layer + 1, prefix)
-        finally:
-            if hook_point is not None:
-                hook_point.remove_hooks("fwd", level=_HOOK_LEVEL)
     final = x[:, 0] if shortcut else x[torch.arange(n_rows, device=x.device), batch.answer_at]
     logits = model.readout(final[:, None])[:, 0]
     out, row = [], 0

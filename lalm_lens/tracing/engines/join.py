@@ -19,10 +19,14 @@ answer position only). States that reach other positions through attention
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
+
+if TYPE_CHECKING:
+    from lalm_lens.model import HookedLALM
 
 # state -> (clean names, corrupted names) the baseline keeps per layer for the join
 NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -33,15 +37,15 @@ NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def _resid_post(model, clean, corr, layer, pos, rel):
+def _resid_post(model: "HookedLALM", clean, corr, layer, pos, rel):
     return clean[get_act_name("resid_post", layer)][pos][None]
 
 
-def _mlp_out(model, clean, corr, layer, pos, rel):
+def _mlp_out(model: "HookedLALM", clean, corr, layer, pos, rel):
     return corr[get_act_name("resid_mid", layer)][:, rel] + clean[get_act_name("mlp_out", layer)][pos][None]
 
 
-def _attn_out(model, clean, corr, layer, pos, rel):
+def _attn_out(model: "HookedLALM", clean, corr, layer, pos, rel):
     mid = corr[get_act_name("resid_pre", layer)][:, rel] + clean[get_act_name("attn_out", layer)][pos][None]
     block = model.blocks[layer]
     return mid + block.mlp(block.ln2(mid))
@@ -51,7 +55,7 @@ AFTER: dict[str, Callable] = {"resid_post": _resid_post, "resid_mid": _resid_pos
                               "attn_out": _attn_out}
 
 
-def joins_after(states: str, model=None) -> bool:
+def joins_after(states: str, model: Optional["HookedLALM"] = None) -> bool:
     """Whether a cell restoring `states` starts after its first layer. `mlp_out` and `attn_out` rebuild the
     block's sums above, so they join after it only where every block is the plain `TransformerBlock` (a family
     whose block adds its outputs otherwise, e.g. Granite's residual multiplier, starts at block l)."""
@@ -60,7 +64,7 @@ def joins_after(states: str, model=None) -> bool:
     return states in AFTER
 
 
-def _plain_blocks(model) -> bool:
+def _plain_blocks(model: "HookedLALM") -> bool:
     from lalm_lens.components.block import TransformerBlock
 
     return all(type(block).forward is TransformerBlock.forward for block in model.blocks)
@@ -73,8 +77,8 @@ def kept_names(states: str, n_layers: int) -> tuple[set[str], set[str]]:
             {get_act_name(s, layer) for s in corr for layer in range(n_layers)})
 
 
-def block_output(model, states: str, clean: dict, corr: dict, first: int, layer: int, positions: Tensor,
-                 n_runs: int) -> Tensor:
+def block_output(model: "HookedLALM", states: str, clean: dict, corr: dict, first: int, layer: int,
+                 positions: Int[Tensor, "n"], n_runs: int) -> Float[Tensor, "n_runs n d_model"]:
     """`[n_runs, len(positions), d_model]`: the residual leaving block `layer` at the restored `positions`
     when the cell's first patch is there. `clean[name]` is `[T, ...]`, `corr[name]` `[n_runs, T - first, ...]`."""
     out = AFTER[states](model, clean, corr, layer, positions, positions - first)
