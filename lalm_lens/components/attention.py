@@ -26,14 +26,18 @@ def head_weight(n_heads: int, d_model: int, d_head: int, dtype: torch.dtype) -> 
     return nn.Parameter(torch.empty(n_heads, d_head, d_model, dtype=dtype).transpose(1, 2))
 
 
-def project(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+def project(
+    x: Float[Tensor, "batch pos d_model"], W: Float[Tensor, "heads d_model d_head"], b: Float[Tensor, "heads d_head"]
+) -> Float[Tensor, "batch pos heads d_head"]:
     """`x @ W + b` per head: `[batch, pos, d_model]` -> `[batch, pos, heads, d_head]`."""
     heads, d_model, d_head = W.shape
     out = F.linear(x, W.transpose(1, 2).reshape(heads * d_head, d_model), b.reshape(-1))
     return out.view(*x.shape[:-1], heads, d_head)
 
 
-def project_heads(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+def project_heads(
+    x: Float[Tensor, "batch pos heads d_model"], W: Float[Tensor, "heads d_model d_head"], b: Float[Tensor, "heads d_head"]
+) -> Float[Tensor, "batch pos heads d_head"]:
     """Each head's own input through its own weights: `[batch, pos, heads, d_model]` -> `[batch, pos, heads, d_head]`."""
     return torch.einsum("bphm,hmd->bphd", x, W) + b
 
@@ -64,27 +68,36 @@ class Attention(nn.Module):
 
     @property
     def n_kv_heads(self) -> int:
+        """Key/value heads (as many as query heads here; see GroupedQueryAttention)."""
         return self.cfg.n_heads
 
-    def position_query(self, q: Tensor, rope: Optional[tuple[Tensor, Tensor]]) -> Tensor:
+    def position_query(
+        self, q: Float[Tensor, "batch pos head d_head"], rope: Optional[tuple[Tensor, Tensor]]
+    ) -> Float[Tensor, "batch pos head d_head"]:
         """Apply positional information to q (none here; see RotaryAttention)."""
         return q
 
-    def position_key(self, k: Tensor, rope: Optional[tuple[Tensor, Tensor]]) -> Tensor:
+    def position_key(
+        self, k: Float[Tensor, "batch pos kv_head d_head"], rope: Optional[tuple[Tensor, Tensor]]
+    ) -> Float[Tensor, "batch pos kv_head d_head"]:
         """Apply positional information to k (none here; see RotaryAttention)."""
         return k
 
-    def project_qkv(self, x: Float[Tensor, "batch pos d_model"], which: str) -> Tensor:
+    def project_qkv(self, x: Float[Tensor, "batch pos d_model"], which: str) -> Float[Tensor, "batch pos heads d_head"]:
         """The `which` ("Q", "K" or "V") projection `[batch, pos, heads, d_head]` (a variant may add to it)."""
         return project(x, getattr(self, f"W_{which}"), getattr(self, f"b_{which}"))
 
-    def key_value(self, x: Float[Tensor, "batch pos d_model"], rope: Optional[tuple[Tensor, Tensor]] = None):
+    def key_value(
+        self, x: Float[Tensor, "batch pos d_model"], rope: Optional[tuple[Tensor, Tensor]] = None
+    ) -> tuple[Float[Tensor, "batch pos kv_head d_head"], Float[Tensor, "batch pos kv_head d_head"]]:
         """Positioned keys and values `[batch, pos, kv_head, d_head]` of normalised inputs `x`."""
         k = self.hook_k(self.project_qkv(x, "K"))
         v = self.hook_v(self.project_qkv(x, "V"))
         return self.position_key(k, rope), v
 
-    def expand_kv(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def expand_kv(
+        self, k: Float[Tensor, "batch pos kv_head d_head"], v: Float[Tensor, "batch pos kv_head d_head"]
+    ) -> tuple[Float[Tensor, "batch pos head d_head"], Float[Tensor, "batch pos head d_head"]]:
         """Match key/value heads to query heads (identity here; see GroupedQueryAttention)."""
         return k, v
 

@@ -18,11 +18,13 @@ from lalm_lens.config import BlockConfig
 
 
 def make_norm(cfg: BlockConfig, d_model: Optional[int] = None) -> nn.Module:
+    """The block's LayerNorm or RMSNorm (`cfg.normalization_type`)."""
     norm = {"LN": LayerNorm, "RMS": RMSNorm}[cfg.normalization_type]
     return norm(d_model or cfg.d_model, cfg.eps, cfg.dtype)
 
 
 def make_attention(cfg: BlockConfig, layer: int) -> Attention:
+    """Plain, rotary, grouped-query or q/k-normed attention, as `cfg` says."""
     if cfg.positional_embedding_type != "rotary":
         return Attention(cfg, layer)
     if cfg.qk_norm:

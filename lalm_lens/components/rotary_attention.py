@@ -2,6 +2,7 @@
 
 from typing import Optional
 
+from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
@@ -18,10 +19,16 @@ class RotaryAttention(Attention):
         self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
 
-    def position_query(self, q: Tensor, rope: Optional[tuple[Tensor, Tensor]]) -> Tensor:
+    def position_query(
+        self, q: Float[Tensor, "batch pos head d_head"], rope: Optional[tuple[Tensor, Tensor]]
+    ) -> Float[Tensor, "batch pos head d_head"]:
+        """q rotated by the model-level cos/sin tables `rope` (`[batch, pos, 1, d_head]` each)."""
         return self.hook_rot_q(Rotary.rotate(q, *rope))
 
-    def position_key(self, k: Tensor, rope: Optional[tuple[Tensor, Tensor]]) -> Tensor:
+    def position_key(
+        self, k: Float[Tensor, "batch pos kv_head d_head"], rope: Optional[tuple[Tensor, Tensor]]
+    ) -> Float[Tensor, "batch pos kv_head d_head"]:
+        """k rotated as q is."""
         return self.hook_rot_k(Rotary.rotate(k, *rope))
 
 
@@ -30,8 +37,12 @@ class GroupedQueryAttention(RotaryAttention):
 
     @property
     def n_kv_heads(self) -> int:
+        """`cfg.n_key_value_heads`, fewer than the query heads."""
         return self.cfg.n_key_value_heads
 
-    def expand_kv(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def expand_kv(
+        self, k: Float[Tensor, "batch pos kv_head d_head"], v: Float[Tensor, "batch pos kv_head d_head"]
+    ) -> tuple[Float[Tensor, "batch pos head d_head"], Float[Tensor, "batch pos head d_head"]]:
+        """Each key/value head repeated for the consecutive query heads of its group."""
         groups = self.cfg.n_heads // self.cfg.n_key_value_heads
         return k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
