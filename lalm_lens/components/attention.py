@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from lalm_lens.components.kv_cache import HeldKeys, PastKV
+from lalm_lens.components.past_kv import HeldKeys, PastKV
 from lalm_lens.config import BlockConfig
 
 

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from lalm_lens.components.attention import Attention
-from lalm_lens.components.kv_cache import PastKV
+from lalm_lens.components.past_kv import PastKV
 from lalm_lens.components.layer_norm import LayerNorm
 from lalm_lens.components.mlp import MLP, GatedMLP
 from lalm_lens.components.moe import MoEMLP

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lalm_lens.components.block import TransformerBlock
 from lalm_lens.components.granite_attention import granite_attention
-from lalm_lens.components.kv_cache import PastKV
+from lalm_lens.components.past_kv import PastKV
 from lalm_lens.config import GraniteLMConfig
 
 

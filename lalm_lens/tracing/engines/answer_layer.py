@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from lalm_lens.components.kv_cache import PastKV
+from lalm_lens.components.past_kv import PastKV
 from lalm_lens.components.masks import LMContext
 from lalm_lens.tracing.engines.prefix import PrependedKV
 

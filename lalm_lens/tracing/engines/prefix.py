@@ -15,7 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lalm_lens.components.attention import Attention
-from lalm_lens.components.kv_cache import PastKV
+from lalm_lens.components.past_kv import PastKV
 
 
 @dataclass(frozen=True)
