@@ -171,7 +171,7 @@ class FeatureActivation(Result):
 def feature_activation(model: "HookedLALM", sae: SAE, inp: "PreparedInput", feature: int,
                        item: Optional[str] = None) -> FeatureActivation:
     """`feature`'s activation at every position of `inp` (one clip), with the audio positions' times."""
-    from lalm_lens.tracing.sweeps import spectrogram
+    from lalm_lens.inputs.spectrogram import spectrogram
 
     feature = _check_feature(sae, feature)
     start, step, duration = _timing(inp)

@@ -115,7 +115,7 @@ class Page:
         """The clip's player and spectrogram (click it to play from there; a playhead follows playback)."""
         if audio is None:
             return
-        from lalm_lens.tracing.sweeps import spectrogram
+        from lalm_lens.inputs.spectrogram import spectrogram
 
         self.clip = read_clip(audio)
         wave, rate = self.clip

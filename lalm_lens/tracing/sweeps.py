@@ -23,6 +23,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
 from lalm_lens.inputs.prepared import PreparedInput
+from lalm_lens.inputs.spectrogram import spectrogram
 
 from lalm_lens.tracing.cells import Cell, window_layers
 from lalm_lens.tracing.checks import warn_if_ill_posed
@@ -59,16 +60,6 @@ def time_windows(inp: PreparedInput, window_seconds: float) -> list[tuple[float,
     step = (seconds[0][1] - seconds[0][0]).item() if len(seconds[0]) > 1 else 0.0
     windows = [(k * window_seconds, min((k + 1) * window_seconds, duration), b) for k, b in enumerate(buckets) if b]
     return windows + ([(duration, last + step, padding)] if padding else [])
-
-
-def spectrogram(wave: np.ndarray, rate: int, n_mels: int = 40, max_frames: int = 400) -> list[list[float]]:
-    """A small log-mel spectrogram of the clip (for the figure), `[n_mels, frames]`."""
-    import torchaudio
-
-    hop = max(160, int(math.ceil(len(wave) / max_frames)))
-    mel = torchaudio.transforms.MelSpectrogram(rate, n_fft=max(400, 2 ** int(math.ceil(math.log2(hop)))),
-                                               hop_length=hop, n_mels=n_mels)(torch.from_numpy(wave).float())
-    return torch.log10(mel.clamp(min=1e-8)).tolist()
 
 
 @dataclass
