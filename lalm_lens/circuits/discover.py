@@ -59,6 +59,7 @@ class Discovery:
         out.mkdir(parents=True, exist_ok=True)
         self.scores.save(out / "edge_scores.json")
         self.circuit.save(out / "circuit.json")
+        (out / "circuit.dot").write_text(self.circuit.to_dot())  # for graphviz, installed or not
         if self.exact is not None:
             self.exact.save(out / "exact_scores.json")
         (out / "faithfulness.json").write_text(json.dumps(self.curve.to_json(), indent=1))
