@@ -16,7 +16,7 @@ with R corrupted rows (noise samples). `max_delta_gib` bounds this by taking the
 senders in chunks of `S_c` (each chunk re-runs the forwards and backwards: cost × S / S_c).
 Qwen2-Audio-7B (L = H = 32, d = 4096, 750 audio + ~50 text positions, bf16): S = 1058,
 Δ = 6.5 GiB per item and 19.4 GiB while forming it — within 80 GB beside the 15 GiB of
-weights unchunked; `max_delta_gib=2` takes 4 chunks of 317 senders.
+weights unchunked; `max_delta_gib=2` takes 4 chunks of ≤ 327 senders.
 """
 
 from __future__ import annotations
