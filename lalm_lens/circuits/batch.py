@@ -37,11 +37,8 @@ GIB = 2 ** 30
 
 def _pad_to(t: Tensor, n: int, dim: int) -> Tensor:
     """Right-pad `t` with zeros along `dim` to length `n`."""
-    if t.shape[dim] == n:
-        return t
-    shape = list(t.shape)
-    shape[dim] = n - t.shape[dim]
-    return torch.cat([t, t.new_zeros(shape)], dim=dim)
+    after = t.ndim - 1 - (dim % t.ndim)  # F.pad lists (left, right) pairs from the last axis back
+    return torch.nn.functional.pad(t, [0, 0] * after + [0, n - t.shape[dim]])
 
 
 @dataclass
