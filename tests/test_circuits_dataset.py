@@ -118,6 +118,11 @@ def test_dataset_items_are_prepared_and_scored(qwen2_audio, pairs, tmp_path):
     delta = max_delta(from_items, from_pairs)
     report("dataset items vs prepared pairs", delta)
     assert delta <= 1e-5
+    from lalm_lens.circuits import faithfulness_curve
+
+    a = faithfulness_curve(qwen2_audio, from_pairs, [30], items).faithfulness[0]
+    b = faithfulness_curve(qwen2_audio, from_pairs, [30], pairs).faithfulness[0]
+    assert a == pytest.approx(b, abs=1e-6)
 
 
 def test_rank_sums_add_up(qwen2_audio, pairs):

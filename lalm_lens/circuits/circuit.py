@@ -289,7 +289,7 @@ def evaluate_circuit(model, circuit: Circuit, clean, corruption="silence", *, an
 def faithfulness_curve(model, scores: Optional[EdgeScores], circuits: Sequence[Circuit] | Sequence[int], clean,
                        corruption="silence", *, answer=None, metric=None, ablation: str = "corrupted") -> Faithfulness:
     """Faithfulness of several circuits (or of the top-n circuits of `scores` for each n in `circuits`)."""
-    from lalm_lens.circuits.attribution import _items
+    from lalm_lens.circuits.attribution import _items, prepared
 
     circuits = [Circuit.top_n(scores, n) if isinstance(n, int) else n for n in circuits]
     g = circuits[0].graph
@@ -297,7 +297,7 @@ def faithfulness_curve(model, scores: Optional[EdgeScores], circuits: Sequence[C
     pairs = _items(clean, answer, metric)
     for inp, ans, item_metric in pairs:
         spec = TraceSpec(model, corruption=corruption, metric=item_metric, engine="reference")
-        item = edge_item(model, g, spec, inp, ans)
+        item = edge_item(model, g, spec, *prepared(model, inp, ans))
         clean_out, _, c = sender_outputs(model, g, item)
         corr_out, _, k = sender_outputs(model, g, item, corrupted=True)
         m_clean += float(c.mean())
