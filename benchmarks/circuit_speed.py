@@ -78,11 +78,13 @@ def measure(model, clean, corrupted, device: str, exact: bool = True) -> list[di
     forward()
     t_fwd = time.perf_counter() - t
     rows = []
-    for method, steps in (("eap", 1), ("eap-ig-inputs", 5), ("eap-ig-activations", 5), ("exact", 1)):
+    runs = [(m, s, 1) for m, s in (("eap", 1), ("eap-ig-inputs", 5), ("eap-ig-activations", 5), ("exact", 1))]
+    for method, steps, batch in runs[:3] + [("eap", 1, 4), ("eap-ig-inputs", 5, 4)] + runs[3:]:
         if method == "exact" and not exact:
             continue
-        run = lambda: edge_attribution(model, clean, Given(corrupted), answer=answer, metric=answer_prob,  # noqa: E731
-                                       method=method, steps=steps)
+        items = [(clean, answer)] * batch  # `batch` items as the rows of one batch; seconds are per item
+        run = lambda: edge_attribution(model, items, Given(corrupted), metric=answer_prob,  # noqa: E731
+                                       method=method, steps=steps, batch_size=batch)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.synchronize()
@@ -91,18 +93,18 @@ def measure(model, clean, corrupted, device: str, exact: bool = True) -> list[di
             run()
             if device == "cuda":
                 torch.cuda.synchronize()
-            dt = time.perf_counter() - t
+            dt = (time.perf_counter() - t) / batch
         peak = torch.cuda.max_memory_allocated() if device == "cuda" else rss.added
-        rows.append(dict(method=method, steps=steps, seconds=dt, edges_per_s=n_edges / dt, forwards=dt / t_fwd,
+        rows.append(dict(method=method if batch == 1 else f"{method} (x{batch} batched)", steps=steps, seconds=dt, edges_per_s=n_edges / dt, forwards=dt / t_fwd,
                          peak_mib=peak / 2**20))
     return rows, n_edges, t_fwd
 
 
 def show(title: str, rows, n_edges: int, t_fwd: float) -> None:
     print(f"\n{title}: {n_edges} edges, one plain forward {t_fwd * 1e3:.1f} ms (load {os.getloadavg()[0]:.1f})")
-    print(f"{'method':<20}{'steps':>6}{'s/item':>10}{'edges/s':>12}{'x forward':>11}{'peak MiB':>10}")
+    print(f"{'method':<28}{'steps':>6}{'s/item':>10}{'edges/s':>12}{'x forward':>11}{'peak MiB':>10}")
     for r in rows:
-        print(f"{r['method']:<20}{r['steps']:>6}{r['seconds']:>10.2f}{r['edges_per_s']:>12.0f}{r['forwards']:>11.1f}"
+        print(f"{r['method']:<28}{r['steps']:>6}{r['seconds']:>10.2f}{r['edges_per_s']:>12.0f}{r['forwards']:>11.1f}"
               f"{r['peak_mib']:>10.0f}")
 
 
