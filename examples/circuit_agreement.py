@@ -153,6 +153,27 @@ def analyse(res: dict) -> str:
     return "\n".join(lines)
 
 
+def faithfulness_table(res: dict, out: Path, n: int, fractions=(0.05, 0.1, 0.2)) -> str:
+    """Faithfulness of the top-n circuit (pruned) each method's scores choose, on the same items."""
+    from lalm_lens.circuits import Circuit, EdgeScores, faithfulness_curve
+
+    items = read_items(write_demo_dataset(out / "items", n=n, seed=4321, task="letters"))
+    model = HookedLALM.from_pretrained("demo-letters")
+    triples = item_triples(model, items, foils=["A", "B", "C"])
+    g = Graph.from_dict(res["graph"])
+    lines = ["", "5. Faithfulness of the top-n circuits (pruned; corrupted ablation) each score chooses, "
+             + ", ".join(f"{f:.0%}" for f in fractions) + " of the edges"]
+    for key in [f"{m}/{s}" for m, s in ESTIMATES] + ["exact/1", "denoising"]:
+        sign = -1.0 if key == "denoising" else 1.0
+        scores = EdgeScores(graph=g, scores=sign * res[key], method=key, steps=1, clean=res["clean"],
+                            corrupted=res["corrupted"], n_items=res["n_items"], metric="", corruption={})
+        circuits = [Circuit.top_n(scores, round(f * g.n_edges)) for f in fractions]
+        curve = faithfulness_curve(model, None, circuits, triples)
+        lines.append(f"  {key:<24} " + "  ".join(f"{c.n_edges:>4} edges {v:6.3f}"
+                                                  for c, v in zip(circuits, curve.faithfulness)))
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=4, help="held-out items")
@@ -162,7 +183,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = torch.load(out / "scores.pt") if args.analyse_only else compute(args, out)
-    text = analyse(res)
+    text = analyse(res) + "\n" + faithfulness_table(res, out, res["n_items"])
     (out / "agreement.txt").write_text(text + "\n")
     print(text)
 
