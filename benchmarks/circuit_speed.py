@@ -5,12 +5,15 @@ a 2-layer audio encoder). Prints, per method, seconds per item, edges per second
 plain forward, and the peak resident memory added. With a GPU: the same on a 7B-shaped LM (bf16,
 32 x 4096, 32 heads, 750 audio + 50 text tokens); without one it prints what that shape needs.
 
-Memory of edge attribution (per item, this implementation): the sender-output difference
-Δ [n_senders, pos, d_model] is kept; gradients are folded into scores as the backward reaches each
-receiver and never kept. n_senders = n_inputs + L (H + 1); bytes ≈ n_senders · pos · d_model · b
-(b = 4 for float32, 2 for bf16), plus the clean and corrupted sender outputs while Δ is formed
-(3× that at the peak), plus one forward/backward's activations. Exact patching keeps both outputs
-and runs `batch_rows` suffixes at once.
+Memory of edge attribution (per batch of B items, this implementation; `lalm_lens/circuits/batch.py`):
+the sender-output difference Δ [B, n_senders, W, d_model] is kept (W: the batch's longest item);
+gradients are folded into scores as the backward reaches each receiver and never kept.
+n_senders S = n_inputs + L (H + 1); bytes(Δ) = B · S · W · d_model · b (b = 4 for float32, 2 for
+bf16), plus the clean and corrupted sender outputs while Δ is formed ((2B + R)/B × that at the
+peak, R corrupted rows), plus one forward/backward's activations; EAP-IG over activations also
+keeps every sender hook's clean and corrupted value (2× more). `max_delta_gib=` bounds all but the
+last by taking senders in chunks (each chunk re-runs the item: time × n_chunks). Exact patching
+keeps both outputs and runs `batch_rows` suffixes at once.
 
     python benchmarks/circuit_speed.py
 """
@@ -75,11 +78,13 @@ def measure(model, clean, corrupted, device: str, exact: bool = True) -> list[di
     forward()
     t_fwd = time.perf_counter() - t
     rows = []
-    for method, steps in (("eap", 1), ("eap-ig-inputs", 5), ("eap-ig-activations", 5), ("exact", 1)):
+    runs = [(m, s, 1) for m, s in (("eap", 1), ("eap-ig-inputs", 5), ("eap-ig-activations", 5), ("exact", 1))]
+    for method, steps, batch in runs[:3] + [("eap", 1, 4), ("eap-ig-inputs", 5, 4)] + runs[3:]:
         if method == "exact" and not exact:
             continue
-        run = lambda: edge_attribution(model, clean, Given(corrupted), answer=answer, metric=answer_prob,  # noqa: E731
-                                       method=method, steps=steps)
+        items = [(clean, answer)] * batch  # `batch` items as the rows of one batch; seconds are per item
+        run = lambda: edge_attribution(model, items, Given(corrupted), metric=answer_prob,  # noqa: E731
+                                       method=method, steps=steps, batch_size=batch)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.synchronize()
@@ -88,28 +93,32 @@ def measure(model, clean, corrupted, device: str, exact: bool = True) -> list[di
             run()
             if device == "cuda":
                 torch.cuda.synchronize()
-            dt = time.perf_counter() - t
+            dt = (time.perf_counter() - t) / batch
         peak = torch.cuda.max_memory_allocated() if device == "cuda" else rss.added
-        rows.append(dict(method=method, steps=steps, seconds=dt, edges_per_s=n_edges / dt, forwards=dt / t_fwd,
+        rows.append(dict(method=method if batch == 1 else f"{method} (x{batch} batched)", steps=steps, seconds=dt, edges_per_s=n_edges / dt, forwards=dt / t_fwd,
                          peak_mib=peak / 2**20))
     return rows, n_edges, t_fwd
 
 
 def show(title: str, rows, n_edges: int, t_fwd: float) -> None:
     print(f"\n{title}: {n_edges} edges, one plain forward {t_fwd * 1e3:.1f} ms (load {os.getloadavg()[0]:.1f})")
-    print(f"{'method':<20}{'steps':>6}{'s/item':>10}{'edges/s':>12}{'x forward':>11}{'peak MiB':>10}")
+    print(f"{'method':<28}{'steps':>6}{'s/item':>10}{'edges/s':>12}{'x forward':>11}{'peak MiB':>10}")
     for r in rows:
-        print(f"{r['method']:<20}{r['steps']:>6}{r['seconds']:>10.2f}{r['edges_per_s']:>12.0f}{r['forwards']:>11.1f}"
+        print(f"{r['method']:<28}{r['steps']:>6}{r['seconds']:>10.2f}{r['edges_per_s']:>12.0f}{r['forwards']:>11.1f}"
               f"{r['peak_mib']:>10.0f}")
 
 
-def seven_b_needs(n_audio: int = 750, n_text: int = 50) -> str:
+def seven_b_needs(n_audio: int = 750, n_text: int = 50, budget_gib: float = 2.0) -> str:
     L, H, D = 32, 32, 4096
     senders, pos = 2 + L * (H + 1), n_audio + n_text
     delta = senders * pos * D * 2
+    chunk = int(budget_gib * 2**30 // (pos * D * 2))
+    n_chunks = -(-senders // chunk)
     return (f"7B shape (L={L}, H={H}, d={D}, {pos} positions, bf16): Δ = {senders} senders x {pos} x {D} x 2 B "
             f"= {delta / 2**30:.1f} GiB, peak while forming it ≈ {3 * delta / 2**30:.1f} GiB, plus ~15 GiB of weights "
-            f"and one forward/backward's activations: fits an 80 GB GPU")
+            f"and one forward/backward's activations: fits an 80 GB GPU unchunked; max_delta_gib={budget_gib:g} takes "
+            f"{n_chunks} chunks of ≤ {chunk} senders (Δ ≤ {chunk * pos * D * 2 / 2**30:.1f} GiB, "
+            f"≈ {3 * chunk * pos * D * 2 / 2**30:.1f} GiB while formed; time × {n_chunks})")
 
 
 def main() -> None:

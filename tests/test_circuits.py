@@ -281,7 +281,7 @@ def test_cli_circuit_on_demo_letters(tmp_path, capsys):
     assert main(["circuit", "--out", str(out), "-n", "1", "--method", "eap", "--fraction", "0.05"]) == 0
     printed = capsys.readouterr().out
     for name in ("edge_scores.json", "circuit.json", "faithfulness.json", "faithfulness.png", "circuit.png",
-                 "edge_scores.png", "summary.json", "edge_scores.html"):
+                 "edge_scores.png", "summary.json", "edge_scores.html", "circuit.dot"):
         assert (out / name).is_file(), name
     scores = EdgeScores.load(out / "edge_scores.json")
     circuit = Circuit.load(out / "circuit.json")
@@ -290,9 +290,10 @@ def test_cli_circuit_on_demo_letters(tmp_path, capsys):
     assert f"circuit: {circuit.n_edges} of {scores.graph.n_edges} edges" in printed
     assert "-0.00" not in printed
     assert main(["circuit", "--out", str(out), "--fraction", "0"]) == 2
+    assert main(["circuit", "--out", str(out), "--batch-size", "0"]) == 2
     assert main(["circuit", "--model", "some/folder", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "--fraction must be in (0, 1]" in err and "--items is required" in err
+    assert "--fraction must be in (0, 1]" in err and "--items is required" in err and "--batch-size" in err
 
 
 def test_models_whose_residual_is_not_a_sum_are_refused(qwen2_audio, gqa_item):

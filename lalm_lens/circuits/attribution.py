@@ -15,6 +15,8 @@ entering block 0) or of every sender output at once (`eap-ig-activations`);
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
@@ -23,7 +25,8 @@ from torch import Tensor
 
 from lalm_lens.circuits.graph import Graph
 from lalm_lens.circuits.result import EdgeScores
-from lalm_lens.circuits.runs import EdgeItem, edge_item, patched_scores, receiver_gradients, sender_outputs
+from lalm_lens.circuits.batch import EdgeBatch, batch_gradients, batch_outputs, sender_chunk
+from lalm_lens.circuits.runs import EdgeItem, edge_item, patched_scores, sender_outputs
 from lalm_lens.tracing.groups import GROUP_ORDER
 from lalm_lens.tracing.trace import TraceSpec
 
@@ -31,8 +34,16 @@ METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "exact")
 
 
 def _items(clean, answer, metric=None) -> list[tuple]:
-    """`(input, answer, metric)` triples from one input (`answer=`) or a list of `(input, answer)`
-    pairs or `(input, answer, metric)` triples (a per-item metric, e.g. foils that depend on the item)."""
+    """`(input, answer, metric)` triples from one input (`answer=`), a list of `(input, answer)` pairs or
+    `(input, answer, metric)` triples (a per-item metric, e.g. foils that depend on the item), or what
+    `trace_dataset` takes (an items file, `Item`s or dicts: `(Item, None, metric)`, prepared later)."""
+    from lalm_lens.tracing.dataset import Item, as_items
+
+    if isinstance(clean, (str, Path)) or (isinstance(clean, (list, tuple)) and clean
+                                          and all(isinstance(i, (Item, dict)) for i in clean)):
+        if answer is not None:
+            raise TypeError("dataset items carry their answers; answer= is for one prepared input")
+        return [(item, None, metric) for item in as_items(clean)]
     if isinstance(clean, (list, tuple)):
         if answer is not None:
             raise TypeError("pass either one input with answer=..., or a list of (input, answer) pairs")
@@ -49,28 +60,29 @@ def _items(clean, answer, metric=None) -> list[tuple]:
     return [(clean, answer, metric)]
 
 
+def prepared(model, inp, answer) -> tuple:
+    """`(input, answer)`: a dataset `Item` prepared with the model, anything else as it is."""
+    from lalm_lens.tracing.dataset import Item
+
+    if isinstance(inp, Item):
+        return model.prepare(inp.audio, inp.question, answer_prefix=inp.answer_prefix, options=inp.options), inp.answer
+    return inp, answer
+
+
 def _check_steps(steps) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     return steps
 
 
-def sender_hook_names(graph: Graph) -> list[tuple[str, Optional[int]]]:
-    """For each non-input sender: the hook that writes it and its head index (None for MLPs)."""
-    names: list[tuple[str, Optional[int]]] = []
-    for layer in range(graph.n_layers):
-        names += [(f"blocks.{layer}.attn.hook_result", h) for h in range(graph.n_heads)]
-        names.append((f"blocks.{layer}.hook_mlp_out", None))
-    return names
-
-
 class ScoreAccumulator:
-    """Edge scores Δ_sender · gradient, added per receiver hook as the backward reaches it (weighted)."""
+    """Edge scores Δ_sender · gradient, summed over the batch's items, added per receiver hook as the
+    backward reaches it (weighted); Δ `[B, chunk, W, d_model]` holds the senders `lo, lo + 1, ...`."""
 
-    def __init__(self, graph: Graph, delta: Tensor, groups: Optional[Tensor] = None):
-        self.graph, self.delta, self.weight = graph, delta, 1.0
-        self.groups = None if groups is None else groups.to(delta.device, delta.dtype)
-        shape = (*graph.valid.shape, *(() if groups is None else (groups.shape[1],)))
+    def __init__(self, graph: Graph, delta: Tensor, lo: int = 0, groups: Optional[Tensor] = None):
+        self.graph, self.delta, self.lo, self.weight = graph, delta, lo, 1.0
+        self.groups = None if groups is None else groups.to(delta.device, delta.dtype)  # [B, W, n_groups]
+        shape = (*graph.valid.shape, *(() if groups is None else (groups.shape[-1],)))
         self.scores = torch.zeros(shape, dtype=torch.float64)
         self.columns: dict[str, list[int]] = {}
         for r, rec in enumerate(graph.receivers):
@@ -82,73 +94,123 @@ class ScoreAccumulator:
     def __call__(self, name: str, grad: Tensor) -> None:
         cols = self.columns[name]
         n_up = int(self.graph.valid[:, cols[0]].sum())  # senders are ordered: upstream ones come first
-        d = self.delta[:n_up]
-        g = grad[0].to(d.dtype)
-        if g.ndim == 2:
-            g = g[:, None]  # [pos, 1, d_model]: one receiver
+        hi = min(self.lo + self.delta.shape[1], n_up)
+        if hi <= self.lo:
+            return
+        d = self.delta[:, : hi - self.lo]
+        g = grad.to(d.dtype)
+        if g.ndim == 3:
+            g = g[:, :, None]  # [B, pos, 1, d_model]: one receiver
         if self.groups is None:
-            part = torch.einsum("spm,phm->sh", d, g)
+            part = torch.einsum("bspm,bphm->sh", d, g)
         else:
-            part = torch.einsum("spm,phm,pg->shg", d, g, self.groups)
-        self.scores[:n_up, cols] += self.weight * part.double().cpu()
+            part = torch.einsum("bspm,bphm,bpg->shg", d, g, self.groups)
+        self.scores[self.lo:hi, cols] += self.weight * part.double().cpu()
 
 
-def item_scores(model, graph: Graph, item: EdgeItem, method: str, steps: int,
-                position_groups: Optional[Tensor] = None, edges=None) -> tuple[Tensor, float, float]:
-    """Edge scores `[senders, receivers]` (or `[senders, receivers, groups]`) of one item, and its
-    clean and corrupted metric."""
-    clean_out, clean_resid, clean_score = sender_outputs(model, graph, item)
-    corr_out, corr_resid, corr_scores = sender_outputs(model, graph, item, corrupted=True)
-    scores = (float(clean_score[0]), float(corr_scores.mean()))
-    if method == "exact":
-        return exact_scores(model, graph, item, clean_out, corr_out, clean_resid[0], edges), *scores
-    delta = corr_out.mean(0) - clean_out[0]  # [senders, pos, d_model]
-    targets = None
-    if method == "eap-ig-activations":
-        targets = (clean_out[0], corr_out.mean(0))
-    del clean_out, corr_out
-    acc = ScoreAccumulator(graph, delta, position_groups)
-    n = 1 if method == "eap" else steps
-    acc.weight = 1.0 / n
-    x0, x1 = corr_resid[:, 0].mean(0), clean_resid[0, 0]
-    for k in range(1, n + 1):
-        alpha = k / n
-        if n == 1:
-            receiver_gradients(model, graph, item, acc)
-        elif method == "eap-ig-inputs":
-            receiver_gradients(model, graph, item, acc, input_value=x0 + alpha * (x1 - x0))
-        else:
-            receiver_gradients(model, graph, item, acc, sender_values=_interpolated(graph, *targets, alpha, x0, x1))
-    valid = graph.valid if position_groups is None else graph.valid[..., None]
-    return acc.scores.masked_fill(~valid, 0.0), *scores
+@dataclass
+class EdgeSums:
+    """Edge scores and metrics summed over items (one rank's share, or all of them after `reduce`)."""
+
+    scores: Tensor
+    clean: float = 0.0
+    corrupted: float = 0.0
+    n: int = 0
+
+    def add(self, other: "EdgeSums") -> None:
+        self.scores += other.scores
+        self.clean += other.clean
+        self.corrupted += other.corrupted
+        self.n += other.n
+
+    def reduce(self, dist, device) -> "EdgeSums":
+        """Summed over the ranks of a torchrun (nothing to do in one process)."""
+        if not dist.active:
+            return self
+        import torch.distributed as td
+
+        flat = torch.cat([self.scores.flatten(), torch.tensor([self.clean, self.corrupted, float(self.n)],
+                                                              dtype=torch.float64)]).to(device)
+        td.all_reduce(flat)
+        flat = flat.cpu()
+        k = self.scores.numel()
+        return EdgeSums(flat[:k].view_as(self.scores), float(flat[k]), float(flat[k + 1]), int(round(float(flat[k + 2]))))
 
 
-def _interpolated(graph: Graph, clean: Tensor, corr: Tensor, alpha: float, x0: Tensor, x1: Tensor) -> dict[str, Tensor]:
-    """Every sender hook's value at `corrupted + alpha (clean − corrupted)`."""
-    values: dict[str, Tensor] = {}
-    n_in = len(graph.inputs)
-    mix = corr + alpha * (clean - corr)
-    for i, (name, head) in enumerate(sender_hook_names(graph)):
-        if head is None:
-            values[name] = mix[n_in + i][None]
-        else:
-            values.setdefault(name, torch.zeros(1, mix.shape[1], graph.n_heads, mix.shape[2], dtype=mix.dtype,
-                                                device=mix.device))
-            values[name][0, :, head] = mix[n_in + i]
-    values["blocks.0.hook_resid_pre"] = (x0 + alpha * (x1 - x0))[None]
-    return values
+def batch_scores(model, graph: Graph, items: list[EdgeItem], method: str, steps: int,
+                 by_position: bool = False, edges=None, max_delta_gib: Optional[float] = None) -> EdgeSums:
+    """Edge scores `[senders, receivers]` (or `[..., groups]`) summed over `items`, run as one padded
+    batch, and their summed clean and corrupted metrics. Senders go in chunks under `max_delta_gib`."""
+    batch = EdgeBatch.of(model, items)
+    groups = None
+    if by_position:
+        groups = torch.stack([_pad_rows(torch.tensor([[float(g == name) for name in GROUP_ORDER] for g in it.groups]),
+                                        batch.width) for it in items]).to(model.device)
+    n_s = len(graph.senders)
+    chunk = sender_chunk(n_s, batch, model.cfg.d_model, model.cfg.dtype, max_delta_gib)
+    total = torch.zeros((*graph.valid.shape, *(() if groups is None else (groups.shape[-1],))), dtype=torch.float64)
+    sums = EdgeSums(total, n=len(items))
+    corr_rows = batch.rows(True)
+    for lo in range(0, n_s, chunk):
+        senders = range(lo, min(n_s, lo + chunk))
+        pairs = None
+        if method == "exact":
+            pairs = [(s, r) for s, r in (edges if edges is not None else graph.valid.nonzero().tolist()) if s in senders]
+            if not pairs and lo:
+                continue
+        acts = method == "eap-ig-activations"
+        exact = method == "exact"
+        clean = batch_outputs(model, graph, batch, False, senders, keep_resid=exact, keep_hooks=acts, check=lo == 0)
+        corr = batch_outputs(model, graph, batch, True, senders, keep_hooks=acts, check=lo == 0)
+        if lo == 0:
+            sums.clean = float(clean.scores.sum())
+            sums.corrupted = float(batch.per_item(corr.scores[:, None], corr_rows).sum())
+        if exact:
+            for b, it in enumerate(items):
+                T, sel = batch.lengths[b], [i for i, r in enumerate(corr_rows) if r == b]
+                total += exact_scores(model, graph, it, clean.outs[b:b + 1, :, :T], corr.outs[sel][:, :, :T],
+                                      clean.resid[b, :, :T], pairs, offset=lo)
+            continue
+        delta = batch.per_item(corr.outs, corr_rows) - clean.outs  # [B, chunk, W, d_model]
+        delta *= batch.valid[:, None, :, None].to(delta.dtype)
+        x1, x0 = clean.embed, batch.per_item(corr.embed, corr_rows)
+        targets = None
+        if acts:
+            targets = {k: (v, batch.per_item(corr.hook_values[k], corr_rows)) for k, v in clean.hook_values.items()}
+            targets["blocks.0.hook_resid_pre"] = (x1, x0)
+        del clean, corr
+        acc = ScoreAccumulator(graph, delta, lo, groups)
+        n = 1 if method == "eap" else steps
+        acc.weight = 1.0 / n
+        for k in range(1, n + 1):
+            alpha = k / n
+            values = None
+            if acts and n > 1:
+                values = {name: c0 + alpha * (c1 - c0) for name, (c1, c0) in targets.items()}
+            x = x1 if n == 1 or method == "eap" else x0 + alpha * (x1 - x0)
+            batch_gradients(model, graph, batch, x, acc, sender_values=values)
+        total += acc.scores
+        del acc, delta
+    valid = graph.valid if groups is None else graph.valid[..., None]
+    sums.scores = total.masked_fill(~valid, 0.0)
+    return sums
+
+
+def _pad_rows(t: Tensor, n: int) -> Tensor:
+    return torch.cat([t, t.new_zeros(n - t.shape[0], *t.shape[1:])]) if t.shape[0] < n else t
 
 
 def exact_scores(model, graph: Graph, item: EdgeItem, clean_out: Tensor, corr_out: Tensor, clean_resid: Tensor,
-                 edges: Optional[Sequence[tuple[int, int]]] = None, batch_rows: int = 64) -> Tensor:
+                 edges: Optional[Sequence[tuple[int, int]]] = None, batch_rows: int = 64, offset: int = 0) -> Tensor:
     """`exact(e)` for every valid edge (or `edges`, as (sender, receiver) indices); `[senders, receivers]`,
-    0 where no edge. Noise samples are separate rows, averaged."""
+    0 where no edge. Noise samples are separate rows, averaged. `clean_out`/`corr_out` hold the senders
+    `offset, offset + 1, ...` (a chunk of them)."""
     pairs = [tuple(e) for e in (edges if edges is not None else graph.valid.nonzero().tolist())]
     runs = corr_out.shape[0]
     base = patched_scores(model, graph, item, clean_resid, lambda i: torch.zeros_like(clean_resid[0]),
                           [len(graph.receivers) - 1], batch_rows)[0]
     rows = [(s, r, k) for s, r in pairs for k in range(runs)]
-    deltas = lambda i: corr_out[rows[i][2], rows[i][0]] - clean_out[0, rows[i][0]]  # noqa: E731
+    deltas = lambda i: corr_out[rows[i][2], rows[i][0] - offset] - clean_out[0, rows[i][0] - offset]  # noqa: E731
     scores = patched_scores(model, graph, item, clean_resid, deltas, [r for _, r, _ in rows], batch_rows)
     out = torch.zeros(graph.valid.shape, dtype=torch.float64)
     for (s, r, _), v in zip(rows, scores.tolist()):
@@ -168,42 +230,54 @@ def edge_attribution(
     graph: Optional[Graph] = None,
     by_position: bool = False,
     edges: Optional[Sequence[tuple[str, str]]] = None,
+    batch_size: int = 1,
+    max_delta_gib: Optional[float] = None,
 ) -> EdgeScores:
-    """Edge scores of one item (`answer=`) or of a list of `(input, answer)` pairs (averaged).
+    """Edge scores of one item (`answer=`) or of a dataset, averaged over its items (each item weighs
+    the same: scores, clean and corrupted metrics are sums over items divided by their number).
+
+    A dataset is a list of `(input, answer)` pairs or `(input, answer, metric)` triples, or what
+    `trace_dataset` takes (an items file, `Item`s, dicts), prepared one by one. `batch_size` items
+    run as the right-padded rows of one batch (any audio lengths; the same scores as one at a time).
+    Under `torchrun` each rank takes every N-th item and the sums are all-reduced: every rank
+    returns the whole dataset's result.
 
     `method`: "eap", "eap-ig-inputs" (default), "eap-ig-activations" or "exact" (one patched
     run per edge, the ground truth). `corruption` and `metric` are the library's values (as in
     `causal_trace`). `by_position=True` keeps position groups apart (`audio`, the prompt groups,
     `final`): scores `[senders, receivers, groups]`. `edges` (exact only): score just these
-    `(sender, receiver)` names (the others stay 0).
+    `(sender, receiver)` names (the others stay 0). `max_delta_gib` bounds the per-edge activation
+    difference (`batch.py` gives its size): senders are taken in chunks, each re-running the item.
     """
+    from lalm_lens.tracing import distributed
+
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     steps = _check_steps(steps)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     pairs = _items(clean, answer, metric)
     graph = graph or Graph.from_model(model)
     if edges is not None:
         if method != "exact":
             raise ValueError("edges= selects edges of exact patching only (method='exact')")
         edges = [_edge_index(graph, s, r) for s, r in edges]
-    specs = {}
-    total, cleans, corrs, group_names = None, [], [], None
-    for inp, ans, item_metric in pairs:
-        spec = specs.setdefault(id(item_metric), TraceSpec(model, corruption=corruption, metric=item_metric,
-                                                           engine="reference"))
-        item = edge_item(model, graph, spec, inp, ans)
-        groups = None
-        if by_position:
-            group_names = list(GROUP_ORDER)  # the same columns for every item
-            groups = torch.tensor([[float(g == name) for name in group_names] for g in item.groups])
-        scores, c, k = item_scores(model, graph, item, method, steps, groups, edges)
-        total = scores.double() if total is None else total + scores.double()
-        cleans.append(c)
-        corrs.append(k)
-    scores = total / len(pairs)
-    return EdgeScores(graph=graph, scores=scores, method=method, steps=steps if method.startswith("eap-ig") else 1,
-                      clean=sum(cleans) / len(cleans), corrupted=sum(corrs) / len(corrs), n_items=len(pairs),
-                      metric=spec.metric.describe(), corruption=spec.corruption.to_dict(), position_groups=group_names)
+    specs: dict[int, TraceSpec] = {}
+    spec_of = lambda m: specs.setdefault(id(m), TraceSpec(model, corruption=corruption, metric=m,  # noqa: E731
+                                                          engine="reference"))
+    spec = spec_of(pairs[0][2])
+    dist = distributed.setup(model.device)
+    mine = dist.share(pairs)
+    shape = (*graph.valid.shape, *((len(GROUP_ORDER),) if by_position else ()))
+    sums = EdgeSums(torch.zeros(shape, dtype=torch.float64))
+    for lo in range(0, len(mine), batch_size):
+        items = [edge_item(model, graph, spec_of(m), *prepared(model, inp, ans)) for inp, ans, m in mine[lo:lo + batch_size]]
+        sums.add(batch_scores(model, graph, items, method, steps, by_position, edges, max_delta_gib))
+    sums = sums.reduce(dist, model.device)
+    n = sums.n
+    return EdgeScores(graph=graph, scores=sums.scores / n, method=method, steps=steps if method.startswith("eap-ig") else 1,
+                      clean=sums.clean / n, corrupted=sums.corrupted / n, n_items=n, metric=spec.metric.describe(),
+                      corruption=spec.corruption.to_dict(), position_groups=list(GROUP_ORDER) if by_position else None)
 
 
 def exact_edge_patching(model, clean, corruption="silence", *, answer=None, metric=None,

@@ -141,39 +141,20 @@ class Circuit:
             scores[s, r] = e["score"] if e["score"] is not None else 0.0
         return cls(g, chosen, scores, d.get("settings") or {})
 
-    def draw(self, ax=None, title: Optional[str] = None):
-        """The circuit as a layered graph: inputs at the bottom (audio and text coloured apart), logits on top."""
-        import matplotlib.pyplot as plt
-        import networkx as nx
+    def draw(self, ax=None, title: Optional[str] = None, backend: str = "auto"):
+        """The circuit as a layered graph: inputs at the bottom (audio and text coloured apart), logits on
+        top. `backend`: "graphviz" (`dot`), "networkx" (matplotlib), or "auto": graphviz where `dot` is
+        installed. Returns the matplotlib axis either way."""
+        from lalm_lens.circuits.draw import draw_graphviz, draw_networkx, drawing_backend
 
-        g = self.graph
-        G = nx.DiGraph()
-        pos, colours = {}, {}
-        for n in self.nodes():
-            G.add_node(n)
-        for s, r in self.in_circuit.nonzero().tolist():
-            score = 0.0 if self.scores is None else float(self.scores[s, r])
-            G.add_edge(g.senders[s], g.receivers[r].node, weight=score)
-        per_row: dict[int, list[str]] = {}
-        for n in G.nodes:
-            per_row.setdefault(_row(g, n), []).append(n)
-        for row, names in per_row.items():
-            for i, n in enumerate(sorted(names)):
-                pos[n] = (i - (len(names) - 1) / 2, row)
-        for n in G.nodes:
-            colours[n] = ("#1f77b4" if n.startswith("audio") else "#2ca02c" if n == "text" else "#d62728" if n == "logits"
-                          else "#ff7f0e" if n.startswith("m") else "#9467bd")
-        if ax is None:
-            _, ax = plt.subplots(figsize=(10, 8))
-        weights = [abs(G.edges[e]["weight"]) for e in G.edges] or [1.0]
-        top = max(weights) or 1.0
-        nx.draw_networkx_nodes(G, pos, ax=ax, node_color=[colours[n] for n in G.nodes], node_size=500)
-        nx.draw_networkx_labels(G, pos, ax=ax, font_size=7)
-        nx.draw_networkx_edges(G, pos, ax=ax, width=[0.5 + 3 * w / top for w in weights], arrows=True,
-                               edge_color=["#b2182b" if G.edges[e]["weight"] > 0 else "#2166ac" for e in G.edges])
-        ax.set_title(title or f"circuit: {self.n_edges} edges (inputs: audio blue, text green; edges: blue = corrupting it lowers the metric, red = raises it)", fontsize=9)
-        ax.axis("off")
-        return ax
+        draw = draw_graphviz if drawing_backend(backend) == "graphviz" else draw_networkx
+        return draw(self, ax, title)
+
+    def to_dot(self, title: Optional[str] = None) -> str:
+        """The circuit as graphviz DOT text."""
+        from lalm_lens.circuits.draw import to_dot
+
+        return to_dot(self, title)
 
 
 def _row(g: Graph, node: str) -> float:
@@ -250,10 +231,10 @@ def circuit_score(model, circuit: Circuit, item, clean_out: Tensor, corr_out: Te
             w = outside[:n_up, recs]
             if not bool(w.any()):
                 return x
-            d = diffs(n_up)
+            d, w = diffs(n_up).double(), w.double()  # float64: the sum of many differences, rounded once
             if kind in ("q", "k", "v"):
-                return x - torch.einsum("urpm,uh->rphm", d, w)
-            return x - torch.einsum("urpm,u->rpm", d, w[:, 0])
+                return (x.double() - torch.einsum("urpm,uh->rphm", d, w)).to(x.dtype)
+            return (x.double() - torch.einsum("urpm,u->rpm", d, w[:, 0])).to(x.dtype)
         return hook_fn
 
     hooks = [("blocks.0.hook_resid_pre", on_input)]
@@ -308,7 +289,7 @@ def evaluate_circuit(model, circuit: Circuit, clean, corruption="silence", *, an
 def faithfulness_curve(model, scores: Optional[EdgeScores], circuits: Sequence[Circuit] | Sequence[int], clean,
                        corruption="silence", *, answer=None, metric=None, ablation: str = "corrupted") -> Faithfulness:
     """Faithfulness of several circuits (or of the top-n circuits of `scores` for each n in `circuits`)."""
-    from lalm_lens.circuits.attribution import _items
+    from lalm_lens.circuits.attribution import _items, prepared
 
     circuits = [Circuit.top_n(scores, n) if isinstance(n, int) else n for n in circuits]
     g = circuits[0].graph
@@ -316,7 +297,7 @@ def faithfulness_curve(model, scores: Optional[EdgeScores], circuits: Sequence[C
     pairs = _items(clean, answer, metric)
     for inp, ans, item_metric in pairs:
         spec = TraceSpec(model, corruption=corruption, metric=item_metric, engine="reference")
-        item = edge_item(model, g, spec, inp, ans)
+        item = edge_item(model, g, spec, *prepared(model, inp, ans))
         clean_out, _, c = sender_outputs(model, g, item)
         corr_out, _, k = sender_outputs(model, g, item, corrupted=True)
         m_clean += float(c.mean())

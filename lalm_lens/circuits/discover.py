@@ -59,6 +59,7 @@ class Discovery:
         out.mkdir(parents=True, exist_ok=True)
         self.scores.save(out / "edge_scores.json")
         self.circuit.save(out / "circuit.json")
+        (out / "circuit.dot").write_text(self.circuit.to_dot())  # for graphviz, installed or not
         if self.exact is not None:
             self.exact.save(out / "exact_scores.json")
         (out / "faithfulness.json").write_text(json.dumps(self.curve.to_json(), indent=1))
@@ -75,15 +76,19 @@ class Discovery:
 
 
 def discover(model, triples: list[tuple], corruption="silence", *, method: str = "eap-ig-inputs", steps: int = 5,
-             fraction: float = 0.1, compare_exact: bool = False) -> Discovery:
+             fraction: float = 0.1, compare_exact: bool = False, batch_size: int = 1,
+             max_delta_gib: Optional[float] = None) -> Discovery:
     """Score every edge over `triples`, keep the top `fraction` of edges (pruned), and measure the
-    faithfulness of top-n circuits over sizes up to the whole graph."""
-    scores = edge_attribution(model, triples, corruption, method=method, steps=steps)
+    faithfulness of top-n circuits over sizes up to the whole graph (`batch_size`, `max_delta_gib`:
+    as in `edge_attribution`)."""
+    scores = edge_attribution(model, triples, corruption, method=method, steps=steps, batch_size=batch_size,
+                              max_delta_gib=max_delta_gib)
     n_all = scores.graph.n_edges
     circuit = Circuit.top_n(scores, max(1, round(fraction * n_all)))
     sizes = sorted({round(f * n_all) for f in CURVE_FRACTIONS})
     curve = faithfulness_curve(model, scores, [*sizes, circuit], triples, corruption)
-    exact = edge_attribution(model, triples, corruption, method="exact") if compare_exact else None
+    exact = (edge_attribution(model, triples, corruption, method="exact", batch_size=batch_size,
+                              max_delta_gib=max_delta_gib) if compare_exact else None)
     return Discovery(scores, circuit, curve, exact)
 
 

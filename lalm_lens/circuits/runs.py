@@ -120,46 +120,6 @@ def check_decomposition(model, outs: Tensor, final: Tensor) -> None:
             f"outputs by {err:.3g} (of {scale:.3g}), e.g. residual multipliers or post-norms")
 
 
-def receiver_gradients(model, graph: Graph, item: EdgeItem, on_grad: Callable[[str, Tensor], None],
-                       input_value: Optional[Tensor] = None,
-                       sender_values: Optional[dict[str, Tensor]] = None) -> float:
-    """Backpropagate the metric of the clean run, handing d metric / d (each receiver hook's input)
-    to `on_grad(hook_name, grad)` as the backward reaches it (so no gradient is kept); returns the metric.
-
-    Receiver hooks: `blocks.{l}.hook_{q,k,v}_input` (`[1, pos, heads, d_model]`), `blocks.{l}.hook_mlp_in`
-    and, for the logits, `blocks.{L-1}.hook_resid_post` (`[1, pos, d_model]`). `input_value` replaces
-    the residual entering block 0 (`[pos, d_model]`, integrated gradients over the input);
-    `sender_values` (hook name -> value) replaces sender outputs in the forward while passing
-    gradients straight through (integrated gradients over activations).
-    """
-    L = graph.n_layers
-
-    def start(x, hook):
-        x = x if input_value is None else input_value.to(x.dtype)[None].expand_as(x)
-        return x.detach().clone().requires_grad_(True)
-
-    def take(x, hook):
-        name = hook.name
-        x.register_hook(lambda grad: on_grad(name, grad))
-        return x
-
-    def replace(x, hook):
-        target = sender_values[hook.name].to(x.dtype)
-        return x + (target - x).detach()
-
-    hooks = [("blocks.0.hook_resid_pre", start)]
-    for layer in range(L):
-        hooks += [(f"blocks.{layer}.hook_{k}_input", take) for k in "qkv"] + [(f"blocks.{layer}.hook_mlp_in", take)]
-    hooks.append((f"blocks.{L - 1}.hook_resid_post", take))
-    if sender_values:
-        hooks += [(name, replace) for name in sender_values]
-    with torch.enable_grad(), edge_hooks(model), model.hooks(fwd_hooks=hooks):
-        logits = model(item.job.clean)
-        metric = item.job.score(logits[:, item.job.final]).sum()
-        metric.backward()
-    return float(metric.detach())
-
-
 def patched_scores(model, graph: Graph, item: EdgeItem, clean_resid: Tensor, deltas: Callable[[int], Tensor],
                    receivers: list[int], batch_rows: int = 64) -> Tensor:
     """The metric with each receiver's input shifted, one row per entry of `receivers`.

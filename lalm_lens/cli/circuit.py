@@ -27,6 +27,8 @@ def add_parser(sub, formatter) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of the noise")
     c.add_argument("--compare-exact", action="store_true",
                    help="also run exact edge patching and report Spearman / top-1%% overlap with it")
+    c.add_argument("--batch-size", type=int, default=1, help="items run as the padded rows of one batch")
+    c.add_argument("--max-delta-gib", type=float, help="bound the per-edge activation difference (senders in chunks)")
     c.add_argument("--out", default="lalm-lens-out/circuit", help="output folder (default: lalm-lens-out/circuit)")
     c.add_argument("--no-html", action="store_true", help="do not write the interactive page (edge_scores.html)")
     c.set_defaults(func=cmd_circuit)
@@ -40,6 +42,10 @@ def cmd_circuit(args: argparse.Namespace) -> int:
         raise CLIError(f"-n must be at least 1, got {args.n}")
     if args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_delta_gib is not None and not args.max_delta_gib > 0:
+        raise CLIError(f"--max-delta-gib must be positive, got {args.max_delta_gib}")
     if not 0 < args.fraction <= 1:
         raise CLIError(f"--fraction must be in (0, 1], got {args.fraction}")
     demo = args.model in ("demo", "demo-letters")
@@ -59,7 +65,7 @@ def cmd_circuit(args: argparse.Namespace) -> int:
     model = load_model(args)
     triples = item_triples(model, items, foils=foils)
     found = discover(model, triples, corruption, method=args.method, steps=args.steps, fraction=args.fraction,
-                     compare_exact=args.compare_exact)
+                     compare_exact=args.compare_exact, batch_size=args.batch_size, max_delta_gib=args.max_delta_gib)
     found.save(out, html=not args.no_html)
     print(found.scores.summary())
     n = found.numbers()
