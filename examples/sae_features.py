@@ -71,7 +71,9 @@ def item_features(model, sae, items, hook: str) -> np.ndarray:
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(a positive scores above a negative), ties counting half (the Mann-Whitney AUC)."""
+    """P(a positive scores above a negative), ties counting half (the Mann-Whitney AUC); NaN if a side is empty."""
+    if not len(pos) or not len(neg):
+        return float("nan")
     d = pos[:, None] - neg[None, :]
     return float((d > 0).mean() + 0.5 * (d == 0).mean())
 
@@ -97,31 +99,34 @@ def attribute_features(feats_fit, items_fit, feats_test, items_test, per_questio
             table[attribute][value] = {
                 "feature": f, "auc_fit": round(scores[f], 4),
                 "auc_test": round(auc(col[y_test == value], col[y_test != value]), 4),
-                "mean_by_value": {v: round(float(col[y_test == v].mean()), 4) for v in spec["options"]},
+                "mean_by_value": {v: round(float(col[y_test == v].mean()), 4) if (y_test == v).any() else None
+                                  for v in spec["options"]},
                 "max_fit": round(float(feats_fit[fit, f].max()), 4), "n_test": len(test)}
     return table
 
 
 @torch.no_grad()
-def clamp_flips(model, sae, items, feature: int, value: float, target: str, at_final: bool) -> dict:
-    """Clamp `feature` to `value` (every position of the spliced hook, or the final one) on `items`;
-    how many answer `target` (top-1 at the final position) before and after, and the mean P(target)."""
-    before = after = 0
-    p_before, p_after = [], []
+def clamp_flips(model, sae, items, feature: int, values, target: str, at_final: bool) -> list[dict]:
+    """Clamp `feature` to each of `values` (every position of the spliced hook, or the final one) on
+    `items`; per value, how many answer `target` (top-1 at the final position) before and after, and
+    the mean P(target)."""
+    hits = np.zeros((len(values) + 1, len(items)))
+    probs = np.zeros((len(values) + 1, len(items)))
     with model.saes([sae], use_error_term=True):
-        for item in items:
+        for i, item in enumerate(items):
             inp = prepare(model, item)
             at = final_position(model.model_inputs(inp))
             token, _ = answer_token(model, inp, target)
-            clean = model(inp)[0, at].float()
-            clamp = ClampFeature(sae, feature, value, positions=[at] if at_final else "all")
-            edited = model.run_with_hooks(inp, fwd_hooks=clamp.hooks(model, inp))[0, at].float()
-            before += int(clean.argmax()) == token
-            after += int(edited.argmax()) == token
-            p_before.append(float(clean.softmax(-1)[token]))
-            p_after.append(float(edited.softmax(-1)[token]))
-    return {"n": len(items), "target_before": before, "target_after": after,
-            "p_target_before": float(np.mean(p_before)), "p_target_after": float(np.mean(p_after))}
+            runs = [model(inp)[0, at]]  # unedited: with the error term, the model's own logits
+            for value in values:
+                clamp = ClampFeature(sae, feature, value, positions=[at] if at_final else "all")
+                runs.append(model.run_with_hooks(inp, fwd_hooks=clamp.hooks(model, inp))[0, at])
+            for j, logits in enumerate(runs):
+                hits[j, i] = int(logits.argmax()) == token
+                probs[j, i] = float(logits.float().softmax(-1)[token])
+    return [{"n": len(items), "target_before": int(hits[0].sum()), "target_after": int(hits[j + 1].sum()),
+             "p_target_before": float(probs[0].mean()), "p_target_after": float(probs[j + 1].mean())}
+            for j in range(len(values))]
 
 
 def clamp_table(model, sae, hook: str, table: dict, items_test, scales=CLAMP_SCALES) -> list[dict]:
@@ -132,11 +137,11 @@ def clamp_table(model, sae, hook: str, table: dict, items_test, scales=CLAMP_SCA
         clips = [asked(it, attribute) for it in items_test]
         for value, entry in per_value.items():
             others = [it for it in clips if it.answer != value]
-            for scale in scales:
-                result = clamp_flips(model, sae, others, entry["feature"], scale * entry["max_fit"], value,
-                                     at_final=hook != AUDIO_HOOK)
+            values = [scale * entry["max_fit"] for scale in scales]
+            results = clamp_flips(model, sae, others, entry["feature"], values, value, at_final=hook != AUDIO_HOOK)
+            for scale, clamp_value, result in zip(scales, values, results):
                 rows.append({"hook": hook, "attribute": attribute, "target": value, "feature": entry["feature"],
-                             "scale": scale, "value": round(scale * entry["max_fit"], 4), **result})
+                             "scale": scale, "value": round(clamp_value, 4), **result})
     return rows
 
 
@@ -150,7 +155,7 @@ def plot_features(tables: dict, path: Path) -> None:
             values = list(ATTRIBUTES[attribute]["options"])
             width = 0.8 / len(per_value)
             for j, (value, entry) in enumerate(per_value.items()):
-                means = [entry["mean_by_value"][v] for v in values]
+                means = [np.nan if entry["mean_by_value"][v] is None else entry["mean_by_value"][v] for v in values]
                 ax.bar(np.arange(len(values)) + (j - (len(per_value) - 1) / 2) * width, means, width,
                        label=f"f{entry['feature']} ({value}; AUC {entry['auc_test']:.2f})")
             ax.set_xticks(range(len(values)), values)
@@ -220,7 +225,7 @@ def report(summary: dict) -> None:
         print(f"\nfeatures at {hook} (held out; AUC of the value vs the other values):")
         for attribute, per_value in table.items():
             for value, e in per_value.items():
-                means = ", ".join(f"{v} {m:.2f}" for v, m in e["mean_by_value"].items())
+                means = ", ".join(f"{v} {m:.2f}" for v, m in e["mean_by_value"].items() if m is not None)
                 print(f"  {attribute}={value:<8} f{e['feature']:<4} AUC {e['auc_test']:.3f} (fit {e['auc_fit']:.3f}, "
                       f"n={e['n_test']})  mean: {means}")
     print("\nclamping one feature (held-out clips whose answer is another value; with the error term):")
