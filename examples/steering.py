@@ -30,22 +30,11 @@ from lalm_lens.features import AddDirection, steering_effect
 from lalm_lens.tracing import read_items
 from lalm_lens.tracing.dataset_result import bootstrap_ci
 from lalm_lens.tracing.trace import answer_token
+from sae_features import asked  # examples/ is on the path when a script in it runs
 
 HOOKS = ("hook_audio_embeds", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post")
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 FINAL = [-1]  # the last prompt position of each (unpadded) item: where the demo's answer forms
-
-
-def asked(item, attribute: str):
-    """The same clip asked about `attribute` (the demo's items record every attribute of their clip)."""
-    from dataclasses import replace
-
-    from lalm_lens.demo.synth import prompt_for
-
-    spec = ATTRIBUTES[attribute]
-    return replace(item, id=f"{item.id}-{attribute}", question=prompt_for(attribute),
-                   answer=item.meta["attributes"][attribute], options=list(spec["options"]),
-                   answer_prefix=spec["prefix"], meta={**item.meta, "attribute": attribute})
 
 
 def positions_for(hook: str):

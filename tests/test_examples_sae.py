@@ -4,6 +4,7 @@ them (not for its numbers): the selection is the best AUC, the unedited runs are
 clamping a value's feature and steering along high − low raise P(that value), alpha = 0 is the identity."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def example(name):
+    if str(ROOT / "examples") not in sys.path:  # as when the script runs: its folder first on the path
+        sys.path.insert(0, str(ROOT / "examples"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
