@@ -176,7 +176,7 @@ def test_mutations_move_the_logits(ours, hf, tmp_path, monkeypatch):
 def test_expert_outputs_on_request(ours):
     inp = ours.prepare(clip(1.2, seed=8), PROMPT, sampling_rate=16000)
     logits, cache = ours.run_with_cache(inp)
-    assert "blocks.0.mlp.hook_expert_out" not in cache  # off by default: it costs k copies of the stream
+    assert "blocks.0.mlp.hook_expert_out" not in cache  # off by default: it costs n_experts copies of the stream
     k, e = ours.cfg.experts_per_token, ours.cfg.n_experts
     assert cache["blocks.0.mlp.hook_router_logits"].shape[-1] == e
     assert cache["blocks.0.mlp.hook_topk_ids"].shape[-1] == k == 3
@@ -191,8 +191,11 @@ def test_expert_outputs_on_request(ours):
         logits2, cache2 = ours.run_with_cache(inp)
     finally:
         ours.set_use_expert_outputs(False)
-    per_expert = cache2["blocks.0.mlp.hook_expert_out"]
-    assert tuple(per_expert.shape) == (*ids.shape, ours.cfg.d_model)
+    per_expert, dense = cache2["blocks.0.mlp.hook_expert_out"], cache["blocks.0.mlp.hook_expert_weights"]
+    assert tuple(per_expert.shape) == (*ids.shape[:-1], e, ours.cfg.d_model) and tuple(dense.shape) == (*ids.shape[:-1], e)
+    chosen = torch.zeros(dense.shape, dtype=torch.bool).scatter_(-1, ids, True)
+    assert torch.equal(dense != 0, chosen) and torch.equal(per_expert.abs().sum(-1) != 0, chosen)  # 0 where not chosen
+    assert torch.equal(dense.gather(-1, ids), cache["blocks.0.mlp.hook_topk_weights"])
     assert _diff(per_expert.sum(-2), cache["blocks.0.hook_mlp_out"]) <= 1e-5 and _diff(logits2, logits) <= 1e-5
     rerouted = ours.run_with_hooks(inp, fwd_hooks=[("blocks.0.mlp.hook_topk_ids", lambda t, hook: (t + 1) % e)])
     assert _diff(rerouted, logits) > 1e-3  # the ids hook is live: editing it re-routes
