@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from lalm_lens.tracing.cells import state_hook
 from lalm_lens.tracing.engines.base import Baseline, TraceJob, lora_for, restore_index
 from lalm_lens.tracing.engines.reference import ReferenceEngine
 
@@ -17,7 +18,7 @@ class AttributionEngine(ReferenceEngine):
     name = "attribution"
 
     def patched(self, model, job: TraceJob, base: Baseline) -> torch.Tensor:
-        names = job.state_names(model.cfg.n_layers)
+        names = [n for n in job.state_names(model.cfg.n_layers) if n in model.hook_dict]  # (expert states: MoE layers)
         acts = {}
 
         def track(act, hook):
@@ -34,13 +35,14 @@ class AttributionEngine(ReferenceEngine):
             grads = torch.autograd.grad(score, [acts[name] for name in names])
         clean = base.state
         # contribution of each restored entry: Σ_runs (clean − corrupted) · grad over the state's feature axes
-        deltas = [((clean[name][:1].to(g.dtype) - acts[name].detach()) * g).sum(0) for name, g in zip(names, grads)]
+        deltas = {name: ((clean[name][:1].to(g.dtype) - acts[name].detach()) * g).sum(0) for name, g in zip(names, grads)}
         out = []
         for cell in job.cells:
             pos, heads = restore_index(cell)
             total = 0.0
             for layer in cell.layers:
-                d = deltas[layer][pos] if heads is None else deltas[layer][pos, heads]
+                d = deltas[state_hook(job.states, layer)]
+                d = d[pos] if heads is None else d[pos, heads]
                 total += d.double().sum().item()
             out.append(base.corrupted_score + total)  # the gradient of the mean already weighs each run 1/n
         return torch.tensor(out, dtype=torch.float64)

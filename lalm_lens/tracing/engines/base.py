@@ -17,9 +17,8 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
-from transformer_lens.utilities import get_act_name
 
-from lalm_lens.tracing.cells import Cell
+from lalm_lens.tracing.cells import Cell, state_hook
 from lalm_lens.tracing.interventions import CorruptedRun
 
 
@@ -37,7 +36,7 @@ class TraceJob:
     lora: Optional[str] = None  # LoRA adapter: "on"/"off" in every run, "clean" in the clean run only; None: the model's rule
 
     def state_names(self, n_layers: int) -> list[str]:
-        return [get_act_name(self.states, layer) for layer in range(n_layers)]
+        return [state_hook(self.states, layer) for layer in range(n_layers)]
 
 
 @dataclass

@@ -33,7 +33,7 @@ from transformer_lens.utilities import get_act_name
 
 from lalm_lens.components.kv_cache import KVCache, PrefixKV
 from lalm_lens.components.masks import LMContext, additive, allowed_keys
-from lalm_lens.tracing.cells import Cell
+from lalm_lens.tracing.cells import Cell, state_hook
 from lalm_lens.tracing.engines.answer_layer import SAFE_STATES, answer_only
 from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, lora_for, restore_index, score_of
 from lalm_lens.tracing.engines.join import block_output, joins_after, kept_names
@@ -138,14 +138,15 @@ class FastEngine(Engine):
                                                model.device)
         mask = job.clean.get("attention_mask")
         runs = ItemRuns(
-            clean={name: clean_cache[name][0] for name in set(states) | clean_extra},
+            clean={name: clean_cache[name][0] for name in set(states) | clean_extra if name in clean_cache.cache_dict},
             resid_pre=[corr_cache[name][:, first:] for name in resid],
             corrupted={name: corr_cache[name][:, first:] for name in corr_extra},
             keys=kv.keys, values=kv.values,
             positions=positions.to(model.device)[..., 0, :],
             key_valid=None if mask is None else mask[0].bool().to(model.device),
             first=first,
-            unchanged=[(corr_cache[name] == clean_cache[name]).flatten(2).all(-1).all(0) for name in states],
+            unchanged=[(corr_cache[name] == clean_cache[name]).flatten(2).all(-1).all(0)
+                       if name in corr_cache.cache_dict else None for name in states],  # None: no such state there
             n_runs=corr.n_runs,
         )
         return Baseline(clean_logits[0], corr_logits, score_of(job, clean_logits), score_of(job, corr_logits), runs)
@@ -360,7 +361,7 @@ def run_suffixes(model, jobs: list[TraceJob], runs: list[ItemRuns], groups: list
             new = [_pad_to(joined_resid(model, states, runs[g.item], g), batch.width, 1) for g in joining]
             x = torch.cat(new if x is None else [x, *new])  # a new tensor: the restores write into it
             n_rows += sum(runs[g.item].n_runs for g in joining)
-        name = get_act_name(states, layer)
+        name = state_hook(states, layer)
         last = shortcut and layer == L - 1
         ctx = LMContext(batch.mask[:n_rows], tuple(t[:n_rows] for t in batch.rope))
         prefix = batch.prefix(runs, n_rows)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from transformer_lens.utilities import get_act_name
 
+from lalm_lens.tracing.cells import state_hook
 from lalm_lens.tracing.engines.base import Baseline, Engine, TraceJob, lora_for, restore_index, score_of
 
 
@@ -47,7 +47,7 @@ class ReferenceEngine(Engine):
         batch, noise = job.corrupted.batch(), job.corrupted.hooks()
         out = []
         for cell in job.cells:
-            hooks = [(get_act_name(job.states, layer), restore_hook(base.state, cell)) for layer in cell.layers]
+            hooks = [(state_hook(job.states, layer), restore_hook(base.state, cell)) for layer in cell.layers]
             with lora_for(model, job, "corrupted"):
                 logits = model.run_with_hooks(batch, fwd_hooks=noise + hooks)
             out.append(score_of(job, logits[:, job.final]))
