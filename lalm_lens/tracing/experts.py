@@ -204,7 +204,8 @@ def expert_trace(model, clean, corruption: Union[str, Corruption, None] = "silen
     it, dropped where only the corrupted one did). `experts`, `layers` (MoE layers) default to all;
     `positions` to every non-audio position, as `causal_trace`. Corruption, metric, checks and engines are
     `causal_trace`'s (the fast engine is exact: routing depends only on a token's own state). `expert_out`
-    turns on `model.set_use_expert_outputs(True)` for the trace's runs only."""
+    turns on `model.set_use_expert_outputs(True)` for the trace's runs only. (`engine="attribution"` on
+    `expert_weights` gives an expert the corrupted run did not choose no gradient, so it estimates 0 for it.)"""
     refuse_moved(moved)
     if states not in EXPERT_STATES:
         raise ValueError(f"states must be one of {EXPERT_STATES} for an expert trace, got {states!r}")
