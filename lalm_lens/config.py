@@ -47,7 +47,7 @@ class BlockConfig(TransformerLensConfig):
     d_expert: Optional[int] = None
     norm_topk_prob: bool = True
     moe_layers: Optional[list[int]] = None
-    # Hook each chosen expert's weighted output (`mlp.hook_expert_out`, [batch, pos, k, d_model]); costs memory.
+    # Hook each expert's weighted output (`mlp.hook_expert_out`, [batch, pos, n_experts, d_model]); costs memory.
     use_expert_outputs: bool = False
     # TransformerLens's optional hook points (HookedLALM.set_use_split_qkv_input / set_use_hook_mlp_in)
     use_split_qkv_input: bool = False

@@ -100,7 +100,8 @@ class HookedLALM(SpliceMixin, HookedRootModule):
         self.rotary.inv_freq = Rotary(self.cfg.d_head, self.cfg.rotary_base, self.cfg.rope_scaling).inv_freq.to(self.device)
 
     def set_use_expert_outputs(self, use: bool) -> None:
-        """Hook each chosen expert's output in MoE layers (`blocks.{l}.mlp.hook_expert_out`; costs memory)."""
+        """Hook each expert's weighted output in MoE layers (`blocks.{l}.mlp.hook_expert_out`, `[batch, pos,
+        n_experts, d_model]`, 0 where not chosen; costs n_experts copies of the stream per layer)."""
         self.cfg.use_expert_outputs = use
 
     @property

@@ -29,6 +29,7 @@ KINDS: dict[str, str] = {
     "tokens": "lalm_lens.tracing.results:TokenTrace",
     "audio_time": "lalm_lens.tracing.sweeps:TimeTrace",
     "heads": "lalm_lens.tracing.sweeps:HeadTrace",
+    "experts": "lalm_lens.tracing.experts:ExpertTrace",
     "logit_lens": "lalm_lens.tracing.lens:LensResult",
     "knockout": "lalm_lens.tracing.knockout:KnockoutResult",
     "dataset": "lalm_lens.tracing.dataset_result:DatasetResult",

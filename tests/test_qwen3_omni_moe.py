@@ -16,7 +16,7 @@ from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
 import lalm_lens
 from lalm_lens import HookedLALM
 from lalm_lens.families.qwen3_omni_moe.reference import REFERENCE
-from lalm_lens.tracing import GaussianNoise, Silence, causal_trace, token_groups
+from lalm_lens.tracing import FastEngine, GaussianNoise, Silence, causal_trace, token_groups
 from tests import tiny_qwen3_omni as tiny
 from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip
 
@@ -176,7 +176,7 @@ def test_mutations_move_the_logits(ours, hf, tmp_path, monkeypatch):
 def test_expert_outputs_on_request(ours):
     inp = ours.prepare(clip(1.2, seed=8), PROMPT, sampling_rate=16000)
     logits, cache = ours.run_with_cache(inp)
-    assert "blocks.0.mlp.hook_expert_out" not in cache  # off by default: it costs k copies of the stream
+    assert "blocks.0.mlp.hook_expert_out" not in cache  # off by default: it costs n_experts copies of the stream
     k, e = ours.cfg.experts_per_token, ours.cfg.n_experts
     assert cache["blocks.0.mlp.hook_router_logits"].shape[-1] == e
     assert cache["blocks.0.mlp.hook_topk_ids"].shape[-1] == k == 3
@@ -191,8 +191,11 @@ def test_expert_outputs_on_request(ours):
         logits2, cache2 = ours.run_with_cache(inp)
     finally:
         ours.set_use_expert_outputs(False)
-    per_expert = cache2["blocks.0.mlp.hook_expert_out"]
-    assert tuple(per_expert.shape) == (*ids.shape, ours.cfg.d_model)
+    per_expert, dense = cache2["blocks.0.mlp.hook_expert_out"], cache["blocks.0.mlp.hook_expert_weights"]
+    assert tuple(per_expert.shape) == (*ids.shape[:-1], e, ours.cfg.d_model) and tuple(dense.shape) == (*ids.shape[:-1], e)
+    chosen = torch.zeros(dense.shape, dtype=torch.bool).scatter_(-1, ids, True)
+    assert torch.equal(dense != 0, chosen) and torch.equal(per_expert.abs().sum(-1) != 0, chosen)  # 0 where not chosen
+    assert torch.equal(dense.gather(-1, ids), cache["blocks.0.mlp.hook_topk_weights"])
     assert _diff(per_expert.sum(-2), cache["blocks.0.hook_mlp_out"]) <= 1e-5 and _diff(logits2, logits) <= 1e-5
     rerouted = ours.run_with_hooks(inp, fwd_hooks=[("blocks.0.mlp.hook_topk_ids", lambda t, hook: (t + 1) % e)])
     assert _diff(rerouted, logits) > 1e-3  # the ids hook is live: editing it re-routes
@@ -362,72 +365,129 @@ def test_expert_routing_trace_needs_a_moe_model(qwen2_5_omni):
 
 
 # ------------------------------------------------------------------ expert patching
-@pytest.mark.parametrize("kind", ["output", "routing"])
-def test_expert_patching_equals_a_brute_force_loop(ours, kind):
-    """Each cell recomputed by hand: the expert applied to the block's normalised input, position by position."""
-    from lalm_lens.tracing.experts import expert_patch_trace
+def _routing_weight(cache, layer, e, row, p) -> float:
+    ids, w = cache[f"blocks.{layer}.mlp.hook_topk_ids"], cache[f"blocks.{layer}.mlp.hook_topk_weights"]
+    return sum(w[row, p, s].item() for s in range(ids.shape[-1]) if ids[row, p, s] == e)
+
+
+@torch.no_grad()
+def brute_force_expert_cell(model, run, clean, corrupted, answer, layer, positions, e, states) -> float:
+    """P(answer) with expert e of `layer` restored at `positions`, by hand: the expert applied to the block's
+    normalised input at each position, the difference added to `hook_mlp_out` (no expert hook used)."""
+    block, rows, n = model.blocks[layer], run.batch()["input_ids"].shape[0], clean["hook_embed"].shape[1]
+    delta = torch.zeros(rows, n, model.cfg.d_model)
+    for row in range(rows):
+        for p in positions:
+            x_corr = block.ln2(corrupted[f"blocks.{layer}.hook_resid_mid"][row, p][None, None])[0, 0]
+            y_corr = block.mlp.experts[e](x_corr[None])[0]
+            w_clean, w_corr = _routing_weight(clean, layer, e, 0, p), _routing_weight(corrupted, layer, e, row, p)
+            if states == "expert_out":
+                x_clean = block.ln2(clean[f"blocks.{layer}.hook_resid_mid"][0, p][None, None])[0, 0]
+                delta[row, p] = w_clean * block.mlp.experts[e](x_clean[None])[0] - w_corr * y_corr
+            else:  # its clean routing weight, the expert run on the corrupted state
+                delta[row, p] = (w_clean - w_corr) * y_corr
+    hooks = run.hooks() + [(f"blocks.{layer}.hook_mlp_out", lambda x, hook: x + delta)]
+    with model.hooks(fwd_hooks=hooks):
+        return model(run.batch())[:, -1].softmax(-1)[:, answer].mean().item()
+
+
+@pytest.mark.parametrize("mode", ["layers", "tokens"])
+@pytest.mark.parametrize("states", ["expert_out", "expert_weights"])
+def test_expert_trace_equals_a_brute_force_loop_and_the_fast_engine(ours, states, mode):
+    """Every cell (layer x expert, or layer x position x expert) of both engines against hand-written hooks;
+    the fast engine's suffix re-runs against the reference engine, within 1e-6 (float32)."""
+    from lalm_lens.tracing.experts import expert_trace
 
     inp = ours.prepare(clip(1.4, seed=11), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
     with torch.no_grad():
         answer = int(ours(inp)[0, -1].argmax())
     n = inp["input_ids"].shape[1]
-    positions = [int(inp.audio_positions[0][3]), n - 3, n - 1]
-    corruption = GaussianNoise(2.0, n_samples=2, seed=4) if kind == "output" else Silence()
-    result = expert_patch_trace(ours, inp, answer, layers=[0, 2], experts=[1, 4], positions=positions, kind=kind,
-                                corruption=corruption)
+    positions, layers, experts = [int(inp.audio_positions[0][3]), n - 3, n - 1], [0, 2], [1, 4]
+    corruption = GaussianNoise(2.0, n_samples=2, seed=4)
+    kw = dict(answer=answer, states=states, mode=mode, layers=layers, experts=experts, positions=positions,
+              corruption=corruption)
+    with warnings.catch_warnings():  # a tiny model's trace is ill-posed; the numbers must still agree
+        warnings.simplefilter("ignore")
+        ref = expert_trace(ours, inp, engine="reference", **kw)
+        fast = expert_trace(ours, inp, engine="fast", **kw)
+        split = expert_trace(ours, inp, engine=FastEngine(max_batch_tokens=48), **kw)  # many small suffix batches
+    assert not ours.cfg.use_expert_outputs  # the trace turned it on for its own runs only
     run = corruption.apply(ours, inp)
     with torch.no_grad():
-        _, clean = ours.run_with_cache(inp)
+        clean_logits, clean = ours.run_with_cache(inp)
         with ours.hooks(fwd_hooks=run.hooks()):
             corrupted_logits, corrupted = ours.run_with_cache(run.batch())
+    spans = [(p,) for p in positions] if mode == "tokens" else [tuple(positions)]
+    expected = torch.tensor([[[brute_force_expert_cell(ours, run, clean, corrupted, answer, l, span, e, states)
+                               for e in experts] for span in spans] for l in layers], dtype=torch.float64)
+    expected = expected if mode == "tokens" else expected[:, 0]
+    d_brute = (ref.patched - expected).abs().max().item()
+    d_fast = max((f.patched - ref.patched).abs().max().item() for f in (fast, split))
+    print(f"\n[expert trace, {states}, {mode}] max |Δ| reference vs brute force {d_brute:.1e}, "
+          f"fast vs reference {d_fast:.1e}")
+    assert ref.patched.shape == expected.shape and d_brute <= 1e-5 and d_fast <= 1e-6
+    assert (ref.patched - ref.corrupted).abs().max().item() > 1e-4  # the patches do something
     prob = lambda logits: logits[:, -1].softmax(-1)[:, answer].mean().item()  # noqa: E731
-    rows = run.batch()["input_ids"].shape[0]
-    expected = torch.zeros(2, 2)
-    for i, layer in enumerate([0, 2]):
-        block = ours.blocks[layer]
-        for j, e in enumerate([1, 4]):
-            def weight(cache, row, p):
-                ids, w = cache[f"blocks.{layer}.mlp.hook_topk_ids"], cache[f"blocks.{layer}.mlp.hook_topk_weights"]
-                return sum(w[row, p, s].item() for s in range(ids.shape[-1]) if ids[row, p, s] == e)
-
-            delta = torch.zeros(rows, n, ours.cfg.d_model)
-            with torch.no_grad():
-                for row in range(rows):
-                    for p in positions:
-                        x_corr = block.ln2(corrupted[f"blocks.{layer}.hook_resid_mid"][row, p][None, None])[0, 0]
-                        y_corr = block.mlp.experts[e](x_corr[None])[0]
-                        if kind == "output":
-                            x_clean = block.ln2(clean[f"blocks.{layer}.hook_resid_mid"][0, p][None, None])[0, 0]
-                            y_clean = block.mlp.experts[e](x_clean[None])[0]
-                            delta[row, p] = weight(clean, 0, p) * y_clean - weight(corrupted, row, p) * y_corr
-                        else:
-                            delta[row, p] = (weight(clean, 0, p) - weight(corrupted, row, p)) * y_corr
-                hooks = run.hooks() + [(f"blocks.{layer}.hook_mlp_out", lambda x, hook, d=delta: x + d)]
-                with ours.hooks(fwd_hooks=hooks):
-                    expected[i, j] = prob(ours(run.batch()))
-    d = (result.patched - expected).abs().max().item()
-    print(f"\n[expert patching, {kind}] max |Δ| to the brute-force loop {d:.1e}; patched P {result.patched.tolist()}")
-    assert d <= 1e-5
-    assert result.p_corrupted == pytest.approx(prob(corrupted_logits), abs=1e-6)
-    assert result.p_clean == pytest.approx(prob(clean_logits_of(ours, inp)), abs=1e-6)
-    assert (result.patched - result.p_corrupted).abs().max().item() > 1e-6  # the patches do something
+    assert ref.p_corrupted == pytest.approx(prob(corrupted_logits), abs=1e-6)
+    assert ref.p_clean == pytest.approx(prob(clean_logits), abs=1e-6)
 
 
-def clean_logits_of(model, inp):
+def test_expert_out_in_causal_trace_restores_every_expert(ours, tmp_path):
+    """`causal_trace(states="expert_out")` restores all experts of a cell: the same as `mlp_out`, in both engines;
+    it needs the flag, and exists only at the MoE layers (the default layers)."""
+    from lalm_lens.tracing import TraceResult
+    from lalm_lens.tracing.experts import expert_trace
+
+    item = ours.prepare(clip(1.2, seed=33), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
     with torch.no_grad():
-        return model(inp)
+        answer = int(ours(item)[0, -1].argmax())
+    with pytest.raises(ValueError, match=r"needs model.set_use_expert_outputs\(True\)"):
+        causal_trace(ours, item, answer=answer, states="expert_out")
+    kw = dict(answer=answer, corruption=GaussianNoise(2, n_samples=2, seed=6))
+    ours.set_use_expert_outputs(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            experts = {e: causal_trace(ours, item, states="expert_out", engine=e, **kw) for e in ("reference", "fast")}
+            mlp = causal_trace(ours, item, states="mlp_out", layers=[0, 2], engine="reference", **kw)
+            attribution = causal_trace(ours, item, states="expert_out", engine="attribution", **kw)
+        with pytest.raises(ValueError, match=r"exists only at layers \[0, 2\]; layer\(s\) \[1\]"):
+            causal_trace(ours, item, answer=answer, states="expert_out", layers=[1])
+        with pytest.raises(ValueError, match=r"layer\(s\) \[1\] have none"):
+            causal_trace(ours, item, answer=answer, states="expert_out", layers=[0], window=3)
+    finally:
+        ours.set_use_expert_outputs(False)
+    assert experts["reference"].layers == [0, 2] and attribution.patched.shape == mlp.patched.shape
+    d = max((experts[e].patched - mlp.patched).abs().max().item() for e in experts)
+    print(f"\n[causal_trace expert_out vs mlp_out] max |Δ| {d:.1e}")
+    assert d <= 1e-6 and torch.isfinite(attribution.patched).all()
+
+    with warnings.catch_warnings():  # an expert trace saves, loads, summarises and draws like the others
+        warnings.simplefilter("ignore")
+        result = expert_trace(ours, item, answer=answer, mode="tokens", experts=[0, 6], corruption=Silence())
+    loaded = TraceResult.load(result.save(tmp_path / "experts.json"))
+    assert type(loaded).__name__ == "ExpertTrace" and torch.equal(loaded.patched, result.patched)
+    assert loaded.patched.shape == (2, len(result.positions), 2) and len(result.to_dataframe()) == result.patched.numel()
+    top = result.top_experts(2)
+    assert top[0][2] == pytest.approx(result.recovery.nan_to_num(-1e9).max().item()) and "0." in result.summary()
+    result.plot()
 
 
-def test_expert_patching_refuses_bad_arguments(ours):
-    from lalm_lens.tracing.experts import expert_patch_trace
+def test_expert_trace_refuses_bad_arguments(ours, qwen2_5_omni):
+    from lalm_lens.tracing.experts import expert_trace
 
     inp = ours.prepare(clip(1.0), PROMPT, sampling_rate=16000)
-    with pytest.raises(ValueError, match="not MoE layers"):
-        expert_patch_trace(ours, inp, 0, layers=[1])
-    with pytest.raises(ValueError, match="experts must lie"):
-        expert_patch_trace(ours, inp, 0, experts=[7])
-    with pytest.raises(ValueError, match="kind must be"):
-        expert_patch_trace(ours, inp, 0, kind="weights")
+    with pytest.raises(ValueError, match=r"layer\(s\) \[1\] have none"):
+        expert_trace(ours, inp, answer=0, layers=[1])
+    with pytest.raises(ValueError, match=r"expert\(s\) \[7\] outside the valid range 0..6"):
+        expert_trace(ours, inp, answer=0, experts=[7])
+    with pytest.raises(ValueError, match="states must be one of"):
+        expert_trace(ours, inp, answer=0, states="mlp_out")
+    with pytest.raises(ValueError, match="mode must be"):
+        expert_trace(ours, inp, answer=0, mode="experts")
+    assert not ours.cfg.use_expert_outputs  # restored after a refusal too
+    with pytest.raises(ValueError, match="no mixture-of-experts layer"):
+        expert_trace(qwen2_5_omni, qwen2_5_omni.prepare(clip(1.0), PROMPT, sampling_rate=16000), answer=0)
 
 
 def test_bad_moe_and_encoder_configs_are_refused():

@@ -280,3 +280,11 @@ def test_layers_mode_dataset_curve(qwen2_audio, tmp_path):
     per_item = np.array([r["recovery"] for r in result.kept])
     assert np.allclose(mean, per_item.mean(0))
     assert "mean RR over 2 kept items" in result.summary()
+
+
+def test_a_state_whose_flag_is_off_is_refused(qwen2_audio, item, top):
+    """`result` needs use_attn_result: without it the hook never fires and every cell would score as the
+    corrupted run, so the trace refuses (a declared property of the State, not a branch)."""
+    assert not qwen2_audio.cfg.use_attn_result
+    with pytest.raises(ValueError, match=r"set_use_attn_result\(True\)"):
+        causal_trace(qwen2_audio, item, "silence", answer=top, states="result", layers=[0])

@@ -14,9 +14,15 @@ Hooks (`blocks.{l}.mlp.` + name):
 - `hook_topk_ids` `[batch, pos, k]` (int64): the chosen experts, best first;
 - `hook_topk_weights` `[batch, pos, k]`: their routing weights (after renormalisation);
   editing ids or weights re-routes the token (e.g. to patch a token's routing);
-- `hook_expert_out` `[batch, pos, k, d_model]`: each chosen expert's weighted output,
-  slot by slot as in `hook_topk_ids`; computed only when `cfg.use_expert_outputs`
-  (`HookedLALM.set_use_expert_outputs(True)`), since it holds k copies of the stream;
+- `hook_expert_weights` `[batch, pos, n_experts]`: the same routing as one weight per
+  expert (0 where it was not chosen; a repeated id's weights add up). The layer computes
+  expert e wherever this weight is nonzero, so setting entry e re-weights, adds or drops
+  expert e at that token (the `expert_weights` state of `causal_trace`);
+- `hook_expert_out` `[batch, pos, n_experts, d_model]`: each expert's weighted output,
+  0 where it was not computed, summed over experts after the hook (so writing entry e
+  replaces exactly expert e's contribution: the `expert_out` state). Computed only when
+  `cfg.use_expert_outputs` (`HookedLALM.set_use_expert_outputs(True)`): it holds n_experts
+  copies of the stream (Qwen3-Omni, bf16: 128 × 2048 × 2 B = 512 KiB per token per layer);
 - `experts.{e}.hook_pre|hook_pre_linear|hook_post` `[n_routed, d_expert]`: inside expert
   e, over the tokens routed to it in this call (flattened batch × pos, in order).
 The block's `hook_mlp_out` is the summed output, as for a dense MLP.
@@ -67,7 +73,8 @@ class MoEMLP(nn.Module):
         self.hook_router_logits = HookPoint()  # [batch, pos, n_experts]
         self.hook_topk_ids = HookPoint()  # [batch, pos, k]
         self.hook_topk_weights = HookPoint()  # [batch, pos, k]
-        self.hook_expert_out = HookPoint()  # [batch, pos, k, d_model], only if cfg.use_expert_outputs
+        self.hook_expert_weights = HookPoint()  # [batch, pos, n_experts]
+        self.hook_expert_out = HookPoint()  # [batch, pos, n_experts, d_model], only if cfg.use_expert_outputs
 
     def route(self, x: Float[Tensor, "batch pos d_model"]) -> tuple[Tensor, Tensor]:
         """Top-k expert ids `[batch, pos, k]` and their weights (softmax over all experts, then top-k)."""
@@ -80,17 +87,18 @@ class MoEMLP(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         ids, weights = self.route(x)
-        flat, k = x.reshape(-1, x.shape[-1]), ids.shape[-1]
-        ids, weights = ids.reshape(-1, k), weights.reshape(-1, k)
-        per_slot = self.cfg.use_expert_outputs
-        out = flat.new_zeros(flat.shape[0], k, flat.shape[1]) if per_slot else torch.zeros_like(flat)
-        for e in ids.unique().tolist():  # only the experts some token chose
-            token, slot = torch.where(ids == e)
-            y = self.experts[e](flat[token]) * weights[token, slot, None]
-            if per_slot:
-                out[token, slot] = y.to(out.dtype)
+        dense = weights.new_zeros(*ids.shape[:-1], self.cfg.n_experts).scatter_add_(-1, ids, weights)
+        dense = self.hook_expert_weights(dense).reshape(-1, self.cfg.n_experts)
+        flat = x.reshape(-1, x.shape[-1])
+        per_expert = self.cfg.use_expert_outputs
+        out = flat.new_zeros(flat.shape[0], self.cfg.n_experts, flat.shape[1]) if per_expert else torch.zeros_like(flat)
+        for e in (dense != 0).any(0).nonzero()[:, 0].tolist():  # only the experts some token weighs
+            token = (dense[:, e] != 0).nonzero()[:, 0]
+            y = self.experts[e](flat[token]) * dense[token, e, None]
+            if per_expert:
+                out[token, e] = y.to(out.dtype)
             else:
                 out.index_add_(0, token, y.to(out.dtype))
-        if per_slot:
-            out = self.hook_expert_out(out.view(*x.shape[:-1], k, x.shape[-1])).sum(-2)
+        if per_expert:
+            out = self.hook_expert_out(out.view(*x.shape[:-1], *out.shape[1:])).sum(-2)
         return out.view(x.shape)

@@ -18,6 +18,7 @@ BUILT_IN: dict[str, str] = {
     "tokens": "lalm_lens.pages.trace:token_page",
     "audio_time": "lalm_lens.pages.time:time_page",
     "heads": "lalm_lens.pages.heads:heads_page",
+    "experts": "lalm_lens.pages.heads:experts_page",
     "logit_lens": "lalm_lens.pages.lens:lens_page",
     "knockout": "lalm_lens.pages.knockout:knockout_page",
     "dataset": "lalm_lens.pages.dataset:dataset_page",

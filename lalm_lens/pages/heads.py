@@ -1,4 +1,5 @@
-"""The heads page (`HeadTrace`): RR of restoring each head's output, and each head's attention to the audio."""
+"""The heads page (`HeadTrace`): RR of restoring each head's output, and each head's attention to the audio;
+the experts page (`ExpertTrace`): RR of restoring each expert of each MoE layer."""
 
 from __future__ import annotations
 
@@ -20,6 +21,20 @@ def heads_page(result, audio):
                                  layout=dict(height=height, xaxis=dict(title="head", dtick=1), yaxis=dict(title="layer"),
                                              margin=dict(l=60, r=20, t=10, b=40))))
     page.script(HEADS_JS)
+    return page
+
+
+def experts_page(result, audio):
+    where = "one position at a time (best position shown)" if result.expert_mode == "tokens" else "the positions together"
+    page = trace_page(result, audio, f"restoring one expert's {result.states} at {where}")
+    rec = result.by_expert().masked_fill(result.by_expert().isinf(), float("nan"))
+    page.data["trace"] = dict(layers=result.layers, experts=result.experts, recovery=rec.tolist())
+    page.heading("RR")
+    page.figure("lalm-experts", dict(data=[dict(type="heatmap", z=rec.tolist(), x=[str(e) for e in result.experts],
+                                                y=result.layers, colorscale="Viridis")],
+                                     layout=dict(height=max(260, 40 + 22 * len(result.layers)),
+                                                 xaxis=dict(title="expert", type="category"),
+                                                 yaxis=dict(title="MoE layer"), margin=dict(l=60, r=20, t=10, b=40))))
     return page
 
 

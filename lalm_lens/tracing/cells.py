@@ -14,7 +14,7 @@ from transformer_lens.utilities import get_act_name
 
 # Block states with a position axis at dim 1 (`[batch, pos, ...]`), the ones a cell can restore.
 POSITIONAL_STATES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "q", "k", "v", "rot_q", "rot_k",
-                     "z", "result", "pre", "pre_linear", "post")
+                     "z", "result", "pre", "pre_linear", "post", "expert_out", "expert_weights")
 HEAD_STATES = ("q", "k", "v", "rot_q", "rot_k", "z", "result")  # `[batch, pos, head, ...]`
 MODES = ("tokens", "layers")
 
@@ -31,18 +31,30 @@ class State:
 
     name: str
     units: Optional[str] = None
+    where: Optional[str] = None  # its hook's name, "{layer}" for the layer (None: TransformerLens's name)
+    flag: Optional[str] = None  # the cfg flag without which its hook never fires (`model.set_<flag>(True)`)
 
     def hook(self, layer: int) -> str:
         """The hook point this state names at `layer`."""
-        return get_act_name(self.name, layer)
+        return get_act_name(self.name, layer) if self.where is None else self.where.format(layer=layer)
+
+    def layers(self, model: "HookedLALM") -> list[int]:
+        """The layers that have this state (every layer; the expert states only the MoE layers)."""
+        return [layer for layer in range(model.cfg.n_layers) if self.hook(layer) in model.hook_dict]
 
     def hooks(self, n_layers: int) -> list[str]:
         return [self.hook(layer) for layer in range(n_layers)]
 
 
+# The states declared beyond TransformerLens's names: a flag their hook needs, an MoE layer's experts.
+DECLARED = {"result": State("result", "head", flag="use_attn_result"),
+            "expert_out": State("expert_out", "expert", "blocks.{layer}.mlp.hook_expert_out", "use_expert_outputs"),
+            "expert_weights": State("expert_weights", "expert", "blocks.{layer}.mlp.hook_expert_weights")}
+
+
 def state_of(states: str) -> State:
     """The declared `State` of a block state's name (`check_states` has checked it)."""
-    return State(states, "head" if states in HEAD_STATES else None)
+    return DECLARED.get(states) or State(states, "head" if states in HEAD_STATES else None)
 
 
 @dataclass(frozen=True)
@@ -72,11 +84,24 @@ def check_states(model: "HookedLALM", states: str) -> str:
         other = " (its axes are [batch, head, query, key]: no position axis to restore)" if states in (
             "pattern", "attn_scores") else ""
         raise ValueError(f"states={states!r} is not a restorable block state{other}; choose from "
-                         f"{', '.join(s for s in POSITIONAL_STATES if get_act_name(s, 0) in model.hook_dict)}")
-    if get_act_name(states, 0) not in model.hook_dict:
-        raise ValueError(f"states={states!r}: this model has no {get_act_name(states, 0)} "
-                         "(e.g. `result` needs cfg.use_attn_result, `pre_linear` a gated MLP)")
+                         f"{', '.join(s for s in POSITIONAL_STATES if state_of(s).layers(model))}")
+    state = state_of(states)
+    if not state.layers(model):
+        raise ValueError(f"states={states!r}: this model has no {state.hook(0)} "
+                         "(e.g. `pre_linear` needs a gated MLP, `expert_out` an MoE layer)")
+    if state.flag and not getattr(model.cfg, state.flag, False):  # its hook would never fire: no restore at all
+        raise ValueError(f"states={states!r} needs model.set_{state.flag}(True): without it the model never "
+                         f"computes {state.hook(0).split('.')[-1]}, and every cell would score as the corrupted run")
     return states
+
+
+def check_state_layers(model: "HookedLALM", states: str, layers: Sequence[int], window: int) -> None:
+    """Every layer a cell restores (its window included) must have the state."""
+    have = state_of(states).layers(model)
+    missing = sorted({w for l in layers for w in window_layers(l, window, model.cfg.n_layers)} - set(have))
+    if missing:
+        raise ValueError(f"states={states!r} exists only at layers {have}; layer(s) {missing} have none "
+                         "(pass layers= among those, and a window that stays within them)")
 
 
 def check_indices(values: Optional[Sequence[int]], n: Optional[int], what: str, default: Sequence[int]) -> list[int]:

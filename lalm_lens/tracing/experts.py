@@ -1,9 +1,11 @@
-"""Expert routing trace for mixture-of-experts LMs (Qwen3-Omni): which experts the audio and the
-text positions route to, clean vs corrupted.
+"""Expert-level analyses for mixture-of-experts LMs (Qwen3-Omni): which experts the audio and the
+text positions route to (`expert_routing_trace`), and which experts carry the answer (`expert_trace`).
 
     routing = expert_routing_trace(model, inp, corruption="silence")
     routing.clean_audio            # [n_moe_layers, n_experts]: mean routing weight per audio position
     routing.most_changed(5, "text")  # [(layer, expert, corrupted - clean), ...], largest |change| first
+    trace = expert_trace(model, inp, answer="yes", states="expert_out", experts=[3, 17], positions=[40])
+    trace.patched                  # [n_moe_layers, 2]: P(answer) with one expert restored at position 40
 
 Routing mass of expert e at a position: the routing weight the router gave e there
 (`hook_topk_weights` at the slot where `hook_topk_ids` is e; 0 when e was not chosen).
@@ -11,20 +13,29 @@ A group's map is that mass averaged over the group's positions (and over the noi
 samples of a corruption that draws several), so with `norm_topk_prob` every row sums
 to 1. Audio positions are the audio placeholders; text positions every other real
 (unpadded) token. One item at a time, as `causal_trace`.
+
+`expert_trace` is `causal_trace` over the MoE states `expert_out` (`[batch, pos, n_experts,
+d_model]`, each expert's weighted output) and `expert_weights` (`[batch, pos, n_experts]`, each
+expert's routing weight), with cells that restore one expert (the unit on the axis after
+position, as heads are for `z`). `causal_trace(states="expert_out")` itself restores every expert
+of a cell (the same as `mlp_out`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Union
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Optional, Union
 
 import torch
 from torch import Tensor
 
+from lalm_lens.tracing.cells import Cell, check_indices, check_mode, window_layers
+from lalm_lens.tracing.checks import warn_if_ill_posed
+from lalm_lens.tracing.groups import non_audio_positions
 from lalm_lens.tracing.interventions import Corruption, as_corruption, check_same_layout
-
-if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+from lalm_lens.tracing.numbers import num
+from lalm_lens.tracing.results import TraceResult
+from lalm_lens.tracing.trace import Layout, TraceSpec, finish, prepare
 
 Group = Literal["audio", "text"]
 
@@ -57,7 +68,7 @@ class ExpertRouting:
         return [(self.layers[i // self.n_experts], i % self.n_experts, delta.flatten()[i].item()) for i in order.tolist()]
 
 
-def moe_layers(model: "HookedLALM") -> tuple[int, ...]:
+def moe_layers(model) -> tuple[int, ...]:
     """The layers whose MLP is a mixture of experts (from the config: no family branch)."""
     layers = tuple(model.cfg.moe_layers or ())
     if not layers:
@@ -67,7 +78,7 @@ def moe_layers(model: "HookedLALM") -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def routing_mass(model: "HookedLALM", inputs, hooks: list = ()) -> Tensor:
+def routing_mass(model, inputs, hooks: list = ()) -> Tensor:
     """`[n_moe_layers, rows, pos, n_experts]` routing weight of every expert at every position."""
     layers = moe_layers(model)
     names = {f"blocks.{l}.mlp.hook_topk_{x}" for l in layers for x in ("ids", "weights")}
@@ -81,7 +92,7 @@ def routing_mass(model: "HookedLALM", inputs, hooks: list = ()) -> Tensor:
     return torch.stack(maps).cpu()
 
 
-def expert_routing_trace(model: "HookedLALM", inp, corruption: Union[str, Corruption, None] = "silence") -> ExpertRouting:
+def expert_routing_trace(model, inp, corruption: Union[str, Corruption, None] = "silence") -> ExpertRouting:
     """Routing mass per MoE layer and expert, at the audio and at the text positions, in the clean run and
     in the corrupted one (`corruption`: as for `causal_trace`; default: silence of the same length)."""
     layers = moe_layers(model)
@@ -105,100 +116,118 @@ def expert_routing_trace(model: "HookedLALM", inp, corruption: Union[str, Corrup
 
 
 # ------------------------------------------------------------------ expert patching
-KINDS = ("output", "routing")
+EXPERT_STATES = ("expert_out", "expert_weights")
 
 
-@dataclass(frozen=True)
-class ExpertPatch:
-    """`patched[i, j]`: P(answer) of the corrupted run with expert `experts[j]` of layer `layers[i]` restored
-    at `positions` (its clean weighted output, or its clean routing weight; see `expert_patch_trace`)."""
+@dataclass
+class ExpertTrace(TraceResult):
+    """`patched[layer, expert]` (`expert_mode="layers"`: `positions` restored together) or
+    `patched[layer, position, expert]` (`"tokens"`: one position at a time): one expert of one MoE layer
+    restored in the corrupted run — its clean weighted output (`states="expert_out"`) or its clean routing
+    weight (`"expert_weights"`)."""
 
-    layers: tuple[int, ...]
-    experts: tuple[int, ...]
-    positions: tuple[int, ...]
-    kind: str
-    answer: int
-    p_clean: float
-    p_corrupted: float
-    patched: Tensor  # [len(layers), len(experts)]
+    experts: list = field(default_factory=list)
+    expert_mode: str = "layers"
+    kind: ClassVar[str] = "experts"
 
-    @property
-    def recovery(self) -> Tensor:
-        """(patched - corrupted) / (clean - corrupted), per cell."""
-        return (self.patched - self.p_corrupted) / (self.p_clean - self.p_corrupted)
+    def expected_shape(self) -> tuple[int, ...]:
+        middle = (len(self.positions),) if self.expert_mode == "tokens" else ()
+        return (len(self.layers), *middle, len(self.experts))
+
+    def _cells(self):
+        """`(layer, position or None, expert, index)` of every cell."""
+        for a, l in enumerate(self.layers):
+            for j, e in enumerate(self.experts):
+                if self.expert_mode == "tokens":
+                    yield from ((l, p, e, (a, b, j)) for b, p in enumerate(self.positions))
+                else:
+                    yield l, None, e, (a, j)
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame([dict(layer=l, position=p, expert=e, score=float(self.patched[i]),
+                                  recovery=float(self.recovery[i])) for l, p, e, i in self._cells()])
+
+    def by_expert(self) -> Tensor:
+        """Recovery `[layer, expert]` (tokens mode: the best position of each)."""
+        rec = self.recovery.nan_to_num(float("-inf"))
+        return rec.amax(1) if self.expert_mode == "tokens" else rec
+
+    def top_experts(self, k: int = 5) -> list[tuple[int, int, float]]:
+        """The `k` (layer, expert, recovery) whose restoration recovers most (tokens mode: at its best position)."""
+        rec = self.by_expert()
+        order = rec.flatten().argsort(descending=True, stable=True)[:k].tolist()
+        n = rec.shape[1]
+        return [(self.layers[i // n], self.experts[i % n], float(rec.flatten()[i])) for i in order]
+
+    def summary(self) -> str:
+        where = "one position at a time" if self.expert_mode == "tokens" else f"{len(self.positions)} positions together"
+        lines = self.header()
+        lines.append(f"restoring one expert's {self.states} at {where}: top (layer.expert RR) "
+                     + ", ".join(f"{l}.{e} {num(r)}" for l, e, r in self.top_experts()))
+        return "\n".join(lines)
+
+    def numbers(self) -> dict:
+        return dict(super().numbers(), experts=self.experts, expert_mode=self.expert_mode,
+                    top_experts=self.top_experts())
+
+    def plot(self, ax=None, title: Optional[str] = None, value: str = "recovery"):
+        import matplotlib.pyplot as plt
+
+        from lalm_lens.tracing.plots import _recovery_image, value_label
+
+        data = getattr(self, value).double()
+        data = data.nan_to_num(float("-inf")).amax(1) if self.expert_mode == "tokens" else data
+        ax = ax or plt.subplots(figsize=(0.25 * len(self.experts) + 3.0, 0.3 * len(self.layers) + 2.0))[1]
+        _recovery_image(ax, data.masked_fill(data.isinf(), float("nan")).numpy(), value, value_label(self, value))
+        ax.set_xticks(range(len(self.experts)), self.experts, fontsize=6)
+        ax.set_yticks(range(len(self.layers)), self.layers, fontsize=7)
+        ax.set_xlabel("expert")
+        ax.set_ylabel("MoE layer")
+        ax.set_title(title or self.title(f"restoring one expert's {self.states}"), fontsize=8)
+        return ax
 
 
-def _expert_share(ids: Tensor, weights: Tensor, expert: int) -> Tensor:
-    """`[rows, pos]` routing weight of `expert` (0 where it was not chosen)."""
-    return (weights.float() * (ids == expert)).sum(-1)
+def expert_trace(model, clean, corruption: Union[str, Corruption, None] = "silence", *, answer, metric=None,
+                 states: str = "expert_out", experts=None, layers=None, positions=None, mode: str = "layers",
+                 window: int = 1, engine="fast", min_effect: Optional[float] = None) -> ExpertTrace:
+    """Which experts: a causal trace whose cells restore one expert of one MoE layer (layer × expert, or
+    layer × position × expert with `mode="tokens"`).
 
-
-def _answer_prob(logits: Tensor, answer: int) -> float:
-    return logits[:, -1].float().softmax(-1)[:, answer].mean().item()
-
-
-@torch.no_grad()
-def expert_patch_trace(model: "HookedLALM", inp, answer: int, layers=None, experts=None, positions=None, kind: str = "output",
-                       corruption: Union[str, Corruption, None] = "silence") -> ExpertPatch:
-    """Restore one expert at a time, at one MoE layer at a time, at `positions` (default: all), in the corrupted run.
-
-    kind="output": its clean contribution replaces its corrupted one at `blocks.{l}.hook_mlp_out`
-    (clean routing weight × clean expert output, 0 where it was not chosen);
-    kind="routing": its routing weight is set to the clean one (an extra routing slot carries the
-    difference), the expert still computed on the corrupted state.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    all_layers = moe_layers(model)
-    layers = tuple(all_layers if layers is None else layers)
-    if set(layers) - set(all_layers):
-        raise ValueError(f"layers {sorted(set(layers) - set(all_layers))} are not MoE layers; these are: {all_layers}")
-    experts = tuple(range(model.cfg.n_experts) if experts is None else experts)
-    if any(not 0 <= e < model.cfg.n_experts for e in experts):
-        raise ValueError(f"experts must lie in 0..{model.cfg.n_experts - 1}, got {list(experts)}")
-    n_pos = inp["input_ids"].shape[1]
-    positions = tuple(range(n_pos) if positions is None else positions)
-    if any(not 0 <= p < n_pos for p in positions):
-        raise ValueError(f"positions must lie in 0..{n_pos - 1}, got {list(positions)}")
-    run = as_corruption(corruption).apply(model, inp)
-    check_same_layout(inp, run.inputs)
-    corrupted_inputs, noise = run.batch(), run.hooks()
-    names = {f"blocks.{l}.mlp.hook_{x}" for l in layers for x in ("topk_ids", "topk_weights", "expert_out")}
-    keep = lambda name: name in names  # noqa: E731
+    `states="expert_out"`: the expert's clean weighted output (`blocks.{l}.mlp.hook_expert_out`; 0 where
+    the clean run did not choose it) replaces its corrupted one; `"expert_weights"`: its clean routing weight
+    (`hook_expert_weights`), the expert computed on the corrupted state (added where only the clean run chose
+    it, dropped where only the corrupted one did). `experts`, `layers` (MoE layers) default to all;
+    `positions` to every non-audio position, as `causal_trace`. Corruption, metric, checks and engines are
+    `causal_trace`'s (the fast engine is exact: routing depends only on a token's own state). `expert_out`
+    turns on `model.set_use_expert_outputs(True)` for the trace's runs only. (`engine="attribution"` on
+    `expert_weights` gives an expert the corrupted run did not choose no gradient, so it estimates 0 for it.)"""
+    if states not in EXPERT_STATES:
+        raise ValueError(f"states must be one of {EXPERT_STATES} for an expert trace, got {states!r}")
+    mode = check_mode(mode)
+    moe = moe_layers(model)
+    experts = check_indices(experts, model.cfg.n_experts, "expert(s)", range(model.cfg.n_experts))
     old = model.cfg.use_expert_outputs
-    model.set_use_expert_outputs(True)
+    model.set_use_expert_outputs(old or states == "expert_out")
     try:
-        clean_logits, clean = model.run_with_cache(inp, names_filter=keep)
-        with model.hooks(fwd_hooks=noise):
-            corrupted_logits, corrupted = model.run_with_cache(corrupted_inputs, names_filter=keep)
+        spec = TraceSpec(model, mode="layers", states=states, layers=moe if layers is None else layers,
+                         positions=positions, window=window, corruption=corruption, metric=metric, engine=engine,
+                         min_effect=min_effect)
+        L = model.cfg.n_layers
+
+        def layout(groups: list[str]) -> Layout:
+            where = check_indices(spec.positions, len(groups), "position(s)", non_audio_positions(groups))
+            spans = [(p,) for p in where] if mode == "tokens" else [tuple(where)]
+            shape = (len(spec.layers), *([len(where)] if mode == "tokens" else []), len(experts))
+            return Layout([Cell(window_layers(l, spec.window, L), span, (e,)) for l in spec.layers for span in spans
+                           for e in experts], positions=where, shape=shape, result=ExpertTrace,
+                          settings=dict(experts=experts, expert_mode=mode))
+
+        prep = prepare(model, spec, clean, answer, layout)
+        patched = prep.patched(model)  # inside the flag: the suffix runs need hook_expert_out
     finally:
         model.set_use_expert_outputs(old)
-    where = torch.zeros(n_pos, dtype=torch.bool, device=model.device)
-    where[list(positions)] = True
-    patched = torch.zeros(len(layers), len(experts))
-    for i, l in enumerate(layers):
-        mlp = f"blocks.{l}.mlp."
-        for j, e in enumerate(experts):
-            if kind == "output":
-                def contribution(cache):
-                    chosen = (cache[mlp + "hook_topk_ids"] == e).unsqueeze(-1)
-                    return (cache[mlp + "hook_expert_out"] * chosen).sum(-2)  # [rows, pos, d_model]
-
-                delta = (contribution(clean) - contribution(corrupted)) * where[:, None]
-                hooks = [(f"blocks.{l}.hook_mlp_out", lambda x, hook, delta=delta: x + delta.to(x.dtype))]
-            else:
-                share = _expert_share(clean[mlp + "hook_topk_ids"], clean[mlp + "hook_topk_weights"], e)
-                share = share - _expert_share(corrupted[mlp + "hook_topk_ids"], corrupted[mlp + "hook_topk_weights"], e)
-                share = share * where
-
-                def add_slot_id(ids, hook, e=e):
-                    return torch.cat([ids, torch.full_like(ids[..., :1], e)], -1)
-
-                def add_slot_weight(w, hook, share=share):
-                    return torch.cat([w, share[..., None].to(w.dtype)], -1)
-
-                hooks = [(mlp + "hook_topk_ids", add_slot_id), (mlp + "hook_topk_weights", add_slot_weight)]
-            with model.hooks(fwd_hooks=noise + hooks):
-                patched[i, j] = _answer_prob(model(corrupted_inputs), answer)
-    return ExpertPatch(layers, experts, positions, kind, answer, _answer_prob(clean_logits, answer),
-                       _answer_prob(corrupted_logits, answer), patched)
+    result = finish(model, prep, patched, experts=experts, expert_mode=mode)
+    warn_if_ill_posed(result.checks, f"the expert trace of {result.answer!r}")
+    return result

@@ -25,7 +25,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lalm_lens.inputs.prepared import PreparedInput
-from lalm_lens.tracing.cells import Cell, build_cells, check_indices, check_mode, check_states, check_window
+from lalm_lens.tracing.cells import (Cell, build_cells, check_indices, check_mode, check_state_layers, check_states,
+                                    check_window, state_of)
 from lalm_lens.tracing.checks import Checks, resolve_min_effect, run_checks, warn_if_ill_posed
 from lalm_lens.tracing.engines import Baseline, Engine, ReferenceEngine, TraceJob, as_engine
 from lalm_lens.tracing.groups import final_position, non_audio_positions, special_positions, token_groups
@@ -62,11 +63,12 @@ class TraceSpec:
                  window=1, corruption="silence", metric=None, engine="fast", min_effect=None, lora=None):
         self.mode = check_mode(mode)
         self.states = check_states(model, states)
-        self.layers = check_indices(layers, model.cfg.n_layers, "layer(s)", range(model.cfg.n_layers))
+        self.layers = check_indices(layers, model.cfg.n_layers, "layer(s)", state_of(self.states).layers(model))
         self.positions = positions  # checked per item: they index its tokens
         if positions is not None:
             check_indices(positions, None, "position(s)", [])
         self.window = check_window(window)
+        check_state_layers(model, self.states, self.layers, self.window)
         self.corruption: Corruption = as_corruption(corruption)
         self.metric: Metric = as_metric(metric)
         self.engine: Engine = as_engine(engine)

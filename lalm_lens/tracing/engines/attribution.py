@@ -24,7 +24,7 @@ class AttributionEngine(ReferenceEngine):
     name = "attribution"
 
     def patched(self, model: "HookedLALM", job: TraceJob, base: ReferenceBaseline) -> Float[Tensor, "n_cells"]:
-        names = job.state_names(model.cfg.n_layers)
+        names = [n for n in job.state_names(model.cfg.n_layers) if n in model.hook_dict]  # (expert states: MoE layers)
         acts = {}
 
         def track(act, hook):
@@ -41,13 +41,14 @@ class AttributionEngine(ReferenceEngine):
             grads = torch.autograd.grad(score, [acts[name] for name in names])
         clean = base.cache
         # contribution of each restored entry: Σ_runs (clean − corrupted) · grad over the state's feature axes
-        deltas = [((clean[name][:1].to(g.dtype) - acts[name].detach()) * g).sum(0) for name, g in zip(names, grads)]
+        deltas = {name: ((clean[name][:1].to(g.dtype) - acts[name].detach()) * g).sum(0) for name, g in zip(names, grads)}
         out = []
         for cell in job.cells:
             pos, heads = restore_index(cell)
             total = 0.0
             for layer in cell.layers:
-                d = deltas[layer][pos] if heads is None else deltas[layer][pos, heads]
+                d = deltas[job.state.hook(layer)]
+                d = d[pos] if heads is None else d[pos, heads]
                 total += d.double().sum().item()
             out.append(base.corrupted_score + total)  # the gradient of the mean already weighs each run 1/n
         return torch.tensor(out, dtype=torch.float64)

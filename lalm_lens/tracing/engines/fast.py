@@ -161,14 +161,15 @@ class FastEngine(Engine):
                                                model.device)
         mask = job.clean.get("attention_mask")
         runs = ItemRuns(
-            clean={name: clean_cache[name][0] for name in set(states) | clean_extra},
+            clean={name: clean_cache[name][0] for name in set(states) | clean_extra if name in clean_cache.cache_dict},
             resid_pre=[corr_cache[name][:, first:] for name in resid],
             corrupted={name: corr_cache[name][:, first:] for name in corr_extra},
             keys=kv.keys, values=kv.values,
             positions=positions.to(model.device)[..., 0, :],
             key_valid=None if mask is None else mask[0].bool().to(model.device),
             first=first,
-            unchanged=[(corr_cache[name] == clean_cache[name]).flatten(2).all(-1).all(0) for name in states],
+            unchanged=[(corr_cache[name] == clean_cache[name]).flatten(2).all(-1).all(0)
+                       if name in corr_cache.cache_dict else None for name in states],  # None: no such state there
             n_runs=corr.n_runs,
         )
         return FastBaseline(clean_logits[0], corr_logits, score_of(job, clean_logits), score_of(job, corr_logits),
