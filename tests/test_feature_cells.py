@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from lalm_lens.features import cells as feature_cells
 from lalm_lens.features.sae import SAE, SAEConfig
 from lalm_lens.tracing import GaussianNoise, Silence, TraceResult, causal_trace
 from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip
@@ -29,7 +30,8 @@ def _sae(d, hook, activation="topk", seed=5, **kw):
 
 @torch.no_grad()
 def brute_force(model, item, acts_hook, cells, corruption=Silence(), logit=False):
-    """P(answer) (or the answer's logit) of the corrupted run with the clean activations of each (positions, features) cell written in."""
+    """P(answer) (or the answer's logit) of the corrupted run with the clean activations of each
+    (positions, features) cell written in."""
     answer = item.meta["answer"]
     clean = model.run_with_cache(item, names_filter=acts_hook)[1][acts_hook]
     corr = corruption.apply(model, item)
@@ -61,7 +63,8 @@ def _no_fallback(caught):
 
 @pytest.mark.parametrize("engine,error_term,activation", [("fast", True, "topk"), ("fast", False, "jumprelu"),
                                                           ("reference", True, "relu")])
-def test_feature_cells_equal_brute_force(qwen2_audio, item, engine, error_term, activation):
+def test_feature_cells_equal_brute_force(qwen2_audio, item, engine, error_term, activation, monkeypatch):
+    monkeypatch.setattr(feature_cells, "CHUNK", 5)  # the fast engine's cells in several calls
     model = qwen2_audio
     sae = _sae(model.cfg.d_model, RESID, activation)
     hook = f"{RESID}.hook_sae_acts_post"
@@ -94,7 +97,8 @@ def test_all_features_and_all_positions_at_once(qwen2_audio, item, tmp_path):
     seq = item["input_ids"].shape[1]
     positions = [seq - 3, seq - 1]
     with model.saes([sae]):
-        per_pos = causal_trace(model, item, answer=item.meta["answer"], states=hook, positions=positions, min_effect=0.0)
+        per_pos = causal_trace(model, item, answer=item.meta["answer"], states=hook, positions=positions,
+                               min_effect=0.0)
         together = causal_trace(model, item, answer=item.meta["answer"], states=hook, positions=positions,
                                 mode="layers", engine="reference", min_effect=0.0)
         want = brute_force(model, item, hook, [((p,), None) for p in positions] + [(tuple(positions), None)])

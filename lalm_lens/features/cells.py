@@ -37,6 +37,8 @@ from lalm_lens.tracing.numbers import num
 from lalm_lens.tracing.results import RESULT_TYPES, TraceResult
 
 FEATURE_HOOKS = ("hook_sae_acts_post", "hook_sae_acts_pre")
+CHUNK = 64  # fast-engine cells per call (each carries its own copy of the restored state, and the core
+# engine copies prefix keys/values per item when it batches several)
 
 
 def is_feature_state(states) -> bool:
@@ -138,7 +140,8 @@ class FeatureTrace(TraceResult):
 RESULT_TYPES.setdefault(FeatureTrace.kind, FeatureTrace)
 
 
-def feature_cells(positions: Sequence[int], features: Optional[Sequence[int]], together: bool, layer: int) -> list[Cell]:
+def feature_cells(positions: Sequence[int], features: Optional[Sequence[int]], together: bool,
+                  layer: int) -> list[Cell]:
     """One cell per (position or all positions, feature or all features); `heads` holds the feature."""
     rows = [tuple(positions)] if together else [(p,) for p in positions]
     cols = [None] if features is None else [(f,) for f in features]
@@ -229,7 +232,7 @@ def fast_scores(model, job: TraceJob, base: Baseline, seen: dict, splice: SAESpl
         return None, why
     inner = engine.baseline(model, resid_job)
     runs = inner.state
-    jobs, bases = [], []
+    jobs, bases, scores = [], [], []
     for cell, resid_cell in zip(job.cells, resid_job.cells):
         pos = list(cell.positions)
         if splice.source is not None:
@@ -243,9 +246,12 @@ def fast_scores(model, job: TraceJob, base: Baseline, seen: dict, splice: SAESpl
         unchanged = list(runs.unchanged)
         unchanged[layer] = torch.zeros_like(unchanged[layer])
         jobs.append(dataclasses.replace(resid_job, cells=[resid_cell]))
-        bases.append(dataclasses.replace(inner, state=dataclasses.replace(runs, clean={**runs.clean, splice.name: state},
-                                                                         unchanged=unchanged)))
-    return torch.cat(engine.patched_many(model, jobs, bases)), None
+        cell_runs = dataclasses.replace(runs, clean={**runs.clean, splice.name: state}, unchanged=unchanged)
+        bases.append(dataclasses.replace(inner, state=cell_runs))
+        if len(jobs) == CHUNK or resid_cell is resid_job.cells[-1]:  # bounded: each cell holds its own state
+            scores += engine.patched_many(model, jobs, bases)
+            jobs, bases = [], []
+    return torch.cat(scores), None
 
 
 def feature_trace(model, clean, corruption="silence", *, answer, states: str, features: Optional[Sequence[int]] = None,
