@@ -9,18 +9,10 @@ import torch
 from lalm_lens.features import cells as feature_cells
 from lalm_lens.features.sae import SAE, SAEConfig
 from lalm_lens.tracing import GaussianNoise, Silence, TraceResult, causal_trace
-from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip
+from tests.test_features import item  # noqa: F401  (the traced item, a fixture)
 
 RESID = "blocks.1.hook_resid_post"
 ENCODER = "audio_encoder.blocks.0.hook_resid_post"
-
-
-@pytest.fixture(scope="module")
-def item(qwen2_audio):
-    inp = qwen2_audio.prepare(clip(1.2, seed=31), PROMPT, answer_prefix=ANSWER_PREFIX, sampling_rate=16000)
-    with torch.no_grad():
-        inp.meta["answer"] = int(qwen2_audio(inp)[0, -1].argmax())
-    return inp
 
 
 def _sae(d, hook, activation="topk", seed=5, **kw):

@@ -8,24 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lalm_lens import HookedLALM
 from lalm_lens.cli import main
-from lalm_lens.demo import write_demo_dataset
 from lalm_lens.features.formats import load_sae
 from lalm_lens.features.training_run import train_sae
-from lalm_lens.tracing.dataset import read_items
+from tests.test_sae_training import demo, items  # noqa: F401  (the demo model and its items, fixtures)
 
 IN, OUT = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return HookedLALM.from_pretrained("demo")
-
-
-@pytest.fixture(scope="module")
-def items(tmp_path_factory):
-    return read_items(write_demo_dataset(tmp_path_factory.mktemp("items"), n=6, seed=7))
 
 
 @pytest.fixture(scope="module")
