@@ -104,13 +104,14 @@ def feature_attribution(model, clean, corruption="silence", *, answer, states: s
     position and feature. `positions` default to every position of the hook's axis; the other arguments
     are `causal_trace`'s."""
     from lalm_lens.tracing.cells import check_indices
-    from lalm_lens.tracing.trace import TraceSpec, prepare_job, result_fields
+    from lalm_lens.tracing.checks import run_checks
+    from lalm_lens.tracing.trace import Layout, PreparedTrace, TraceSpec, prepare_job, trace_settings
 
     feature_splice(model, states)
     spec = TraceSpec(model, metric=metric, engine="attribution", min_effect=min_effect, lora=lora,
                      corruption=corruption)
     spec.states, spec.layers = states, []
-    job, info = prepare_job(model, spec, clean, answer, cells=lambda groups: [])
+    job, item, _ = prepare_job(model, spec, clean, answer, layout=lambda groups: Layout([]))
     with torch.no_grad(), lora_for(model, job, "clean"):
         logits, cache = model.run_with_cache(job.clean, names_filter=lambda n: n == states)
     clean_acts = cache[states]
@@ -132,7 +133,14 @@ def feature_attribution(model, clean, corruption="silence", *, answer, states: s
     pos = check_indices(positions, scores.shape[0], "position(s)", range(scores.shape[0]))
     clean_final = logits[:, job.final].detach()
     base = Baseline(clean_final[0], final.detach(), score_of(job, clean_final), score_of(job, final.detach()))
-    fields = result_fields(model, spec, clean, job, info, base, AttributionEngine())
+    checks = run_checks(model, base.clean_logits, base.corrupted_logits, job.answer, base.clean_score,
+                        base.corrupted_score, spec.min_effect)
+    prep = PreparedTrace(spec, clean, job, item, Layout([]), AttributionEngine(), base, checks)
+    toks = getattr(clean, "str_tokens", None)
+    toks = toks[0] if toks is not None else []
+    metric_d = dict(spec.metric.to_dict(), describe=spec.metric.describe(), probability=spec.metric.probability)
+    fields = dict(str_tokens=toks, clean=base.clean_score, corrupted=base.corrupted_score, answer=item.answer,
+                  answer_token=job.answer, metric=metric_d, checks=checks, settings=trace_settings(model, prep))
     labels = [fields["str_tokens"][p] if fields["str_tokens"] and in_lm else str(p) for p in pos]
     result = FeatureAttribution(hook=states, scores=scores[pos], positions=pos, token_labels=labels,
                                 clean=fields["clean"], corrupted=fields["corrupted"], answer=fields["answer"],

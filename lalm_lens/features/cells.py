@@ -34,7 +34,7 @@ from lalm_lens.tracing.engines.base import Baseline, TraceJob, lora_for, restore
 from lalm_lens.tracing.engines.join import NEEDS
 from lalm_lens.tracing.groups import non_audio_positions
 from lalm_lens.tracing.numbers import num
-from lalm_lens.tracing.results import RESULT_TYPES, TraceResult
+from lalm_lens.tracing.results import TraceResult
 
 FEATURE_HOOKS = ("hook_sae_acts_post", "hook_sae_acts_pre")
 CHUNK = 64  # fast-engine cells per call (each carries its own copy of the restored state, and the core
@@ -137,7 +137,6 @@ class FeatureTrace(TraceResult):
         return ax
 
 
-RESULT_TYPES.setdefault(FeatureTrace.kind, FeatureTrace)
 
 
 def feature_cells(positions: Sequence[int], features: Optional[Sequence[int]], together: bool,
@@ -178,6 +177,13 @@ def _splice_inputs(model, splice: SAESplice):
 
 
 @torch.no_grad()
+@dataclass
+class FeatureBaseline(Baseline):
+    """The baseline and the clean feature activations at the hook."""
+
+    state: Tensor = None
+
+
 def feature_baseline(model, job: TraceJob, splice: SAESplice) -> tuple[Baseline, dict]:
     """Clean run (keeping the feature hook) and corrupted run (keeping what the splice read)."""
     with lora_for(model, job, "clean"):
@@ -189,7 +195,7 @@ def feature_baseline(model, job: TraceJob, splice: SAESplice) -> tuple[Baseline,
     finally:
         handle.remove()
     clean = logits[:, job.final]
-    base = Baseline(clean[0], corrupted, score_of(job, clean), score_of(job, corrupted), state=cache[job.states])
+    base = FeatureBaseline(clean[0], corrupted, score_of(job, clean), score_of(job, corrupted), state=cache[job.states])
     return base, seen
 
 
@@ -231,7 +237,7 @@ def fast_scores(model, job: TraceJob, base: Baseline, seen: dict, splice: SAESpl
     if why is not None:
         return None, why
     inner = engine.baseline(model, resid_job)
-    runs = inner.state
+    runs = inner.runs
     jobs, bases, scores = [], [], []
     for cell, resid_cell in zip(job.cells, resid_job.cells):
         pos = list(cell.positions)
@@ -247,7 +253,7 @@ def fast_scores(model, job: TraceJob, base: Baseline, seen: dict, splice: SAESpl
         unchanged[layer] = torch.zeros_like(unchanged[layer])
         jobs.append(dataclasses.replace(resid_job, cells=[resid_cell]))
         cell_runs = dataclasses.replace(runs, clean={**runs.clean, splice.name: state}, unchanged=unchanged)
-        bases.append(dataclasses.replace(inner, state=cell_runs))
+        bases.append(dataclasses.replace(inner, runs=cell_runs))
         if len(jobs) == CHUNK or resid_cell is resid_job.cells[-1]:  # bounded: each cell holds its own state
             scores += engine.patched_many(model, jobs, bases)
             jobs, bases = [], []
@@ -265,9 +271,11 @@ def feature_trace(model, clean, corruption="silence", *, answer, states: str, fe
     every non-audio position (as `causal_trace`), elsewhere to every position of the hook's axis. The other
     arguments are `causal_trace`'s; engine "attribution" is refused (see `feature_attribution`).
     """
-    from lalm_lens.tracing.trace import TraceSpec, prepare_job, refuse_moved, result_fields
+    from lalm_lens.tracing.checks import run_checks
+    from lalm_lens.tracing.trace import Layout, PreparedTrace, TraceSpec, finish, prepare_job
 
-    refuse_moved(moved)
+    if moved:
+        raise TypeError(f"feature_trace() got unexpected keyword argument(s) {sorted(moved)}")
     if layers is not None or window != 1:
         raise ValueError(f"states={states!r} names one hook, so layers= and window= do not apply to a feature trace")
     splice = feature_splice(model, states)
@@ -281,16 +289,16 @@ def feature_trace(model, clean, corruption="silence", *, answer, states: str, fe
                      corruption=corruption)
     layer = block_layer(splice.name)
     spec.states, spec.layers = states, [] if layer is None else [layer]
-    job, info = prepare_job(model, spec, clean, answer, cells=lambda groups: [])
+    job, labels, _ = prepare_job(model, spec, clean, answer, layout=lambda groups: Layout([]))
     job.states = states
     base, seen = feature_baseline(model, job, splice)
     acts = base.state
     seq = job.clean["input_ids"].shape[1]
     in_lm = acts.dim() == 3 and acts.shape[:2] == (1, seq)
     axis = acts.shape[-2]
-    default = non_audio_positions(info["groups"]) if in_lm else range(axis)
-    info["positions"] = check_indices(positions, axis, "position(s)", default)
-    job.cells = feature_cells(info["positions"], feats, mode == "layers", -1 if layer is None else layer)
+    default = non_audio_positions(labels.groups) if in_lm else range(axis)
+    positions = check_indices(positions, axis, "position(s)", default)
+    job.cells = feature_cells(positions, feats, mode == "layers", -1 if layer is None else layer)
     used = spec.engine
     patched = None
     if isinstance(spec.engine, FastEngine):
@@ -300,11 +308,14 @@ def feature_trace(model, clean, corruption="silence", *, answer, states: str, fe
             used = ReferenceEngine()
     if patched is None:
         patched = reference_scores(model, job, base)
-    fields = result_fields(model, spec, clean, job, info, base, used)
-    fields["settings"]["features"] = feats
-    rows = 1 if mode == "layers" else len(info["positions"])
-    labels = [fields["str_tokens"][p] if fields["str_tokens"] and in_lm else str(p) for p in info["positions"]]
-    result = FeatureTrace(patched=patched.view(rows, -1), positions=info["positions"], token_labels=labels,
-                          hook=states, features=feats or [], together=mode == "layers", **fields)
+    rows = 1 if mode == "layers" else len(positions)
+    str_tokens = getattr(clean, "str_tokens", None)
+    toks = str_tokens[0] if str_tokens is not None and in_lm else None
+    plan = Layout(job.cells, positions, [toks[p] if toks else str(p) for p in positions], (rows, -1), FeatureTrace,
+                  dict(features=feats))
+    checks = run_checks(model, base.clean_logits, base.corrupted_logits, job.answer, base.clean_score,
+                        base.corrupted_score, spec.min_effect)
+    prep = PreparedTrace(spec, clean, job, labels, plan, used, base, checks)
+    result = finish(model, prep, patched, hook=states, features=feats or [], together=mode == "layers")
     warn_if_ill_posed(result.checks, f"the feature trace of {result.answer!r}")
     return result
