@@ -100,6 +100,7 @@ def test_all_features_and_all_positions_at_once(qwen2_audio, item, tmp_path):
     assert err <= 1e-6, err
     assert per_pos.features == [] and together.patched.shape == (1, 1) and "all features" in per_pos.summary()
     again = TraceResult.load(per_pos.save(tmp_path / "features.json"))
+    assert "feature" in per_pos.to_html(tmp_path / "features.html").read_text()  # its page (pages.BUILT_IN)
     assert type(again) is type(per_pos) and torch.equal(again.patched, per_pos.patched) and again.hook == hook
 
 

@@ -319,3 +319,17 @@ def feature_trace(model, clean, corruption="silence", *, answer, states: str, fe
     result = finish(model, prep, patched, hook=states, features=feats or [], together=mode == "layers")
     warn_if_ill_posed(result.checks, f"the feature trace of {result.answer!r}")
     return result
+
+
+def feature_page(result: FeatureTrace, audio):
+    """The page of a feature trace: the trace's header and its best cells as a table."""
+    import html
+
+    from lalm_lens.pages.common import trace_page
+
+    page = trace_page(result, audio, f"restoring features of {result.hook}, one (position, feature) per cell")
+    rows = "".join(f"<tr><td>{html.escape(result.row_label(result.positions.index(c['position'])) if c['position'] is not None else 'all positions')}</td>"
+                   f"<td>{'all' if c['feature'] is None else c['feature']}</td><td>{c['recovery']:.4g}</td>"
+                   f"<td>{c['score']:.4g}</td></tr>" for c in result.top(20))
+    page.html(f"<table><tr><th>position</th><th>feature</th><th>RR</th><th>score</th></tr>{rows}</table>")
+    return page
