@@ -269,7 +269,7 @@ def causal_trace(
     a LoRA adapter, e.g. Granite Speech): "on" or "off" in every run, "clean" in the clean run
     only (what the adapter's reading of the clean input restores); None: the model's own rule.
     """
-    if isinstance(states, str) and ".hook_sae_" in states:  # WIP port: lalm_lens.features.cells (old core API)
+    if isinstance(states, str) and ".hook_sae_" in states:  # a spliced SAE's feature hook: lalm_lens.features.cells
         from lalm_lens.features.cells import feature_trace
         return feature_trace(model, clean, corruption, answer=answer, states=states, metric=metric, mode=mode,
                              layers=layers, positions=positions, window=window, engine=engine, min_effect=min_effect,
