@@ -35,6 +35,7 @@ KINDS: dict[str, str] = {
     "dataset": "lalm_lens.tracing.dataset_result:DatasetResult",
     "edge_scores": "lalm_lens.circuits.result:EdgeScores",
     "feature_activation": "lalm_lens.features.views:FeatureActivation",
+    "features": "lalm_lens.features.cells:FeatureTrace",
     "feature_windows": "lalm_lens.features.views:TopWindows",
 }
 """Every result kind -> `module:Class`. A new analysis adds its line here (a test checks the table against

@@ -1,4 +1,5 @@
-"""`lalm-lens train-sae`: a TopK SAE on one hook's activations over items, saved in sparsify's format."""
+"""`lalm-lens train-sae`: a TopK SAE (or, with --hook-out, a transcoder) on a hook's activations over items,
+saved in sparsify's format."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def add_parser(sub, formatter) -> None:
     t.add_argument("--items", help="JSONL of items (default for the demo models: N synthesized items)")
     t.add_argument("-n", type=int, default=40, help="items used (the first N)")
     t.add_argument("--hook", required=True, help="hook point to read, e.g. blocks.1.hook_resid_post")
+    t.add_argument("--hook-out", help="train a transcoder: the hook it predicts from --hook, of the same width "
+                   "(e.g. blocks.1.hook_mlp_out from blocks.1.ln2.hook_normalized)")
     t.add_argument("--positions", default="audio", choices=POSITIONS,
                    help="audio: the audio vectors; text: every other position; all: both")
     t.add_argument("--d-sae", type=int, default=256, help="number of latents")
@@ -57,10 +60,14 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     model = load_model(args)
     if args.hook not in model.hook_dict:
         raise CLIError(f"--hook {args.hook!r} is not a hook point of {args.model}; e.g. blocks.0.hook_resid_post")
+    if args.hook_out is not None and (args.hook_out not in model.hook_dict or args.hook_out == args.hook):
+        raise CLIError(f"--hook-out {args.hook_out!r} must be another hook point of {args.model}, "
+                       "e.g. blocks.0.hook_mlp_out for --hook blocks.0.ln2.hook_normalized")
     _, r = train_sae(model, items, args.hook, positions=args.positions, d_sae=args.d_sae, k=args.k, steps=args.steps,
                      seed=args.seed, out=out, batch_size=args.batch_size, lr=args.lr, holdout=args.holdout,
-                     max_mb=args.store_mb, dtype=args.store_dtype)
-    print(f"SAE at {args.hook} ({args.positions} positions, {r['rows']['train']} training rows): L0 {r['l0']:.2f}, "
+                     max_mb=args.store_mb, dtype=args.store_dtype, hook_out=args.hook_out)
+    what = f"transcoder {args.hook} -> {args.hook_out}" if args.hook_out else f"SAE at {args.hook}"
+    print(f"{what} ({args.positions} positions, {r['rows']['train']} training rows): L0 {r['l0']:.2f}, "
           f"FVU {r['fvu']:.3f} (initial {r['fvu_initial']:.3f}), dead {r['dead']}/{r['d_sae']}; spliced without the "
           f"error term: ΔP(answer) {r['delta_p_answer']:+.4f}, Δloss {r['delta_loss']:+.4f}, KL {r['kl']:.4f} "
           f"on {r['n_items']} held-out items")

@@ -11,6 +11,10 @@ EleutherAI sparsify: one folder per hook point with `cfg.json` (its
 `SparseCoderConfig` fields plus `d_in`) and `sae.safetensors` (`encoder.weight`
 [num_latents, d_in], `encoder.bias`, `W_dec` [num_latents, d_in], `b_dec`,
 optional `W_skip`); always TopK over ReLU, centred by `b_dec` unless `transcode`.
+sparsify's transcoder maps a module's input to its output, so its config names
+no output hook; ours adds `hook_name_out` to `cfg.json` (sparsify's reader
+drops fields it does not know), and a transcoder folder without it loads as
+an SAE reading and writing one hook.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ def load_sparsify(path: Union[str, Path], hook_name: Optional[str] = None) -> SA
     transcode = bool(raw.get("transcode", False))
     cfg = SAEConfig(d_in=d_in, d_sae=n, activation="topk", k=int(raw["k"]), apply_b_dec_to_input=not transcode,
                     hook_name=hook_name or path.name, d_out=weights["W_dec"].shape[1] if transcode else None,
+                    hook_name_out=raw.get("hook_name_out") if transcode else None,
                     skip_connection="W_skip" in weights)
     ours = {k: (weights[t].T if transposed else weights[t]) for k, (t, transposed) in SPARSIFY_MAP.items() if t in weights}
     return _with_weights(SAE(cfg), ours, path)
@@ -116,7 +121,7 @@ def save_sparsify(sae: SAE, path: Union[str, Path]) -> Path:
     raw = {"activation": "topk", "expansion_factor": max(1, c.d_sae // c.d_in), "normalize_decoder": True,
            "num_latents": c.d_sae, "k": c.k, "multi_topk": False, "skip_connection": c.skip_connection,
            "transcode": not c.apply_b_dec_to_input,  # sparsify centres exactly when not transcoding
-           "d_in": c.d_in}
+           "d_in": c.d_in, **({"hook_name_out": c.hook_name_out} if c.is_transcoder else {})}
     params = dict(sae.named_parameters())
     tensors = {t: (params[k].T if transposed else params[k]).detach().contiguous()
                for k, (t, transposed) in SPARSIFY_MAP.items() if k in params}

@@ -94,8 +94,11 @@ class SpliceMixin:
 
     @contextmanager
     def saes(self, saes: Iterable[SAE] = (), use_error_term: Optional[bool] = None):
-        """`with model.saes([sae, ...]):` splices them for the block and removes them after."""
+        """`with model.saes([sae, ...]):` splices them for the block and removes them after (each SAE's
+        `use_error_term` is put back as it was)."""
         before = dict(self.__dict__.get("_spliced", {}))
+        saes = list(saes)
+        error_terms = [sae.use_error_term for sae in saes]
         try:
             for sae in saes:
                 self.add_sae(sae, use_error_term=use_error_term)
@@ -103,6 +106,8 @@ class SpliceMixin:
         finally:
             added = {n: m for n, m in self.__dict__.get("_spliced", {}).items() if n not in before}
             self._put_back(added, keep=before)
+            for sae, term in zip(saes, error_terms):
+                sae.use_error_term = term
 
     def sae_hook(self, sae: SAE) -> str:
         """Where `sae` is spliced (the path its hook points hang under)."""

@@ -11,6 +11,8 @@ Positions: for a language-model hook ([batch, seq, d]) the token groups of
 vectors), "text" (every other position) or "all". A hook outside the LM (the
 audio encoder's [batch, frames, d], `hook_audio_embeds`' [n_audio, d]) has only
 audio rows: "audio" and "all" take them all, "text" is refused.
+With `hook_out` (a transcoder's output hook) each row is the input hook's row
+followed by the output hook's at the same position, `[d_in + d_out]`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Iterable, Optional, Union
 
 import numpy as np
 import torch
@@ -44,6 +46,7 @@ class ActivationStore:
             raise ValueError(f"ActivationStore: {self.folder} already holds {len(old)} shard(s); use an empty folder")
         self.rows: list[int] = []
         self.bytes = 0
+        self.widths: list[int] = []  # per hook: [d] or, for a transcoder's store, [d_in, d_out]
 
     @property
     def max_bytes(self) -> int:
@@ -103,22 +106,29 @@ def item_rows(model, inp, act: Tensor, positions: str, hook: str) -> Tensor:
 
 @torch.no_grad()
 def collect_activations(model, items: Iterable, hook: str, folder: Union[str, Path], positions: str = "audio",
-                        max_mb: float = 512.0, dtype: str = "float32", progress: bool = True) -> ActivationStore:
-    """Run each item, keep `hook`'s rows at `positions`, append them to a new store in `folder`."""
+                        max_mb: float = 512.0, dtype: str = "float32", progress: bool = True,
+                        hook_out: Optional[str] = None) -> ActivationStore:
+    """Run each item, keep `hook`'s rows at `positions` (beside `hook_out`'s), append them to a new store."""
     from tqdm.auto import tqdm
 
     from lalm_lens.tracing.dataset import as_items
 
     check_hook(model, hook)
     check_positions(positions)
+    names = [hook] if hook_out is None else [hook, check_hook(model, hook_out)]
     items = as_items(items)
     if not items:
         raise ValueError("collect_activations(items=...): no items")
     store = ActivationStore(folder, max_mb, dtype)
     for n, item in enumerate(tqdm(items, desc=f"activations at {hook}", disable=not progress)):
         inp = model.prepare(item.audio, item.question, answer_prefix=item.answer_prefix, options=item.options)
-        act = model.run_with_cache(inp, names_filter=hook)[1][hook]
-        rows = item_rows(model, inp, act, positions, hook)
+        cache = model.run_with_cache(inp, names_filter=lambda n: n in names)[1]
+        parts = [item_rows(model, inp, cache[n], positions, n) for n in names]
+        if len({p.shape[0] for p in parts}) > 1:
+            raise ValueError(f"transcoder hooks {hook} and {hook_out} have different positions "
+                             f"({parts[0].shape[0]} and {parts[1].shape[0]} rows); pair hooks of one stream")
+        rows = torch.cat(parts, -1)
+        store.widths = [part.shape[-1] for part in parts]
         if not store.fits(*rows.shape):
             need = (store.bytes + rows.numel() * np.dtype(DTYPES[dtype]).itemsize) / 2**20
             if n == 0:

@@ -12,6 +12,9 @@ there, each a mean over items.
     out/<hook>/cfg.json, sae.safetensors   (sparsify: one folder per hook point)
     out/report.json                        (the numbers and the settings)
     out/activations/                       (the bounded store, shards + store.json)
+
+With `hook_out` it trains a transcoder (reads `hook`, predicts `hook_out` at the same positions): FVU is
+then of `hook_out`'s activations, and the splice replaces `hook_out` by the prediction.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from lalm_lens.features.train import as_sae, fit_coder, new_coder
 
 
 @torch.no_grad()
-def reconstruction_stats(sae: SAE, x: torch.Tensor) -> dict:
-    """L0, FVU and dead latents of `sae` (no error term) on rows `x` [n, d]."""
+def reconstruction_stats(sae: SAE, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
+    """L0, FVU and dead latents of `sae` (no error term) on rows `x` [n, d] (predicting `y`, a transcoder)."""
+    y = x if y is None else y
     acts = sae.activation(sae.hidden_pre(x))
     recons = sae._decode(acts, x)
-    fvu = float((x - recons).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    fvu = float((y - recons).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
     active = acts > 0
     return {"l0": float(active.sum(-1).float().mean()), "fvu": fvu, "dead": int((~active.any(0)).sum()),
             "d_sae": sae.cfg.d_sae}
@@ -66,39 +70,51 @@ def splice_effect(model, sae: SAE, items) -> dict:
 def train_sae(model, items, hook: str, positions: str = "audio", d_sae: int = 256, k: int = 8, steps: int = 300,
               seed: int = 0, out: Union[str, Path] = "lalm-lens-out/sae", batch_size: int = 256,
               lr: float | None = None, holdout: float = 0.2, max_mb: float = 512.0, dtype: str = "float32",
-              progress: bool = True) -> tuple[SAE, dict]:
+              progress: bool = True, hook_out: str | None = None) -> tuple[SAE, dict]:
     """Collect `hook`'s activations at `positions` over `items`, train a TopK SAE (`d_sae` latents,
-    `k` active) for `steps` Adam steps, save it in sparsify's format under `out/<hook>` and
-    return it with the report (also `out/report.json`)."""
+    `k` active; a transcoder into `hook_out` if given) for `steps` Adam steps, save it in sparsify's
+    format under `out/<hook>` and return it with the report (also `out/report.json`)."""
     from lalm_lens.tracing.dataset import as_items
 
     check_hook(model, hook)
     check_positions(positions)
+    if hook_out is not None and check_hook(model, hook_out) == hook:
+        raise ValueError(f"hook_out={hook_out!r} is the input hook: a transcoder reads one hook and writes another")
     if not 0 < holdout < 1:
         raise ValueError(f"holdout={holdout} must be a fraction in (0, 1)")
     items = as_items(items)
     if len(items) < 2:
         raise ValueError(f"train_sae needs at least 2 items (one to train on, one held out), got {len(items)}")
     out = Path(out)
-    store = collect_activations(model, items, hook, out / "activations", positions, max_mb, dtype, progress)
+    store = collect_activations(model, items, hook, out / "activations", positions, max_mb, dtype, progress,
+                                hook_out=hook_out)
     n = len(store.rows)
     if n < 2:
         raise ValueError(f"the activation store holds {n} item(s); train_sae needs 2 (raise max_mb)")
     n_test = max(1, math.ceil(holdout * n))
     train, test = store.load(slice(0, n - n_test)), store.load(slice(n - n_test, n))
-    coder = new_coder(train.shape[1], d_sae, k, seed, train.mean(0))
-    initial = reconstruction_stats(as_sae(coder, out / "initial", hook), test)
-    coder = fit_coder(coder, train, steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
-    sae = as_sae(coder, out / hook, hook)
+    d_in = store.widths[0] if hook_out else None
+    (train, train_y), (test, test_y) = _split(train, d_in), _split(test, d_in)
+    target = train if train_y is None else train_y
+    coder = new_coder(train.shape[1], d_sae, k, seed, target.mean(0), None if train_y is None else train.mean(0))
+    initial = reconstruction_stats(as_sae(coder, out / "initial", hook, hook_out), test, test_y)
+    coder = fit_coder(coder, train, steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress, y=train_y)
+    sae = as_sae(coder, out / hook, hook, hook_out)
     _remove(out / "initial")
-    report = {**reconstruction_stats(sae, test), "fvu_initial": initial["fvu"], "dead_initial": initial["dead"],
+    report = {**reconstruction_stats(sae, test, test_y), "fvu_initial": initial["fvu"], "dead_initial": initial["dead"],
               **splice_effect(model, sae, items[n - n_test:n]),
-              "settings": {"hook": hook, "positions": positions, "d_sae": d_sae, "k": k, "steps": steps, "seed": seed,
+              "settings": {"hook": hook, "hook_out": hook_out, "positions": positions, "d_sae": d_sae, "k": k, "steps": steps, "seed": seed,
                            "batch_size": batch_size, "lr": lr, "holdout": holdout, "max_mb": max_mb, "dtype": dtype},
               "rows": {"train": len(train), "held_out": len(test)},
-              "items": {"used": n, "given": len(items), "held_out": n_test}, "trainer": "sparsify.SparseCoder"}
+              "items": {"used": n, "given": len(items), "held_out": n_test}, "trainer": "sparsify.SparseCoder",
+              "kind": "transcoder" if hook_out else "sae"}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return sae, report
+
+
+def _split(rows: torch.Tensor, d_in: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A store's rows as (inputs, targets): targets None for an SAE, the columns after `d_in` for a transcoder."""
+    return (rows, None) if d_in is None else (rows[:, :d_in], rows[:, d_in:])
 
 
 def _remove(folder: Path) -> None:

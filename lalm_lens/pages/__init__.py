@@ -25,6 +25,7 @@ BUILT_IN: dict[str, str] = {
     "edge_scores": "lalm_lens.pages.circuits:edge_scores_page",
     "feature_activation": "lalm_lens.pages.features:activation_page",
     "feature_windows": "lalm_lens.pages.features:windows_page",
+    "features": "lalm_lens.features.cells:feature_page",
 }
 """The page of every result kind of the library -> `module:function`."""
 

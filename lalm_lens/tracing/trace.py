@@ -253,8 +253,12 @@ def causal_trace(
     engine: Union[str, Engine] = "fast",
     min_effect: Optional[float] = None,
     lora: Optional[str] = None,
+    features: Optional[Sequence[int]] = None,
 ) -> TraceResult:
     """Trace one item: restore clean `states` in the corrupted run, cell by cell.
+
+    `states` may also name a spliced SAE's feature hook (`...hook_sae_acts_post`), with `features=[...]`
+    (None: all at once): see `lalm_lens.features.cells.feature_trace`.
 
     `corruption`: `Silence()` (default), `GaussianNoise(...)`, `WhiteNoise(...)`,
     `Swap(audio)`, a shorthand string, or the corrupted input itself. `answer`: a
@@ -267,6 +271,11 @@ def causal_trace(
     a LoRA adapter, e.g. Granite Speech): "on" or "off" in every run, "clean" in the clean run
     only (what the adapter's reading of the clean input restores); None: the model's own rule.
     """
+    if isinstance(states, str) and ".hook_sae_" in states:  # a spliced SAE's feature hook: lalm_lens.features.cells
+        from lalm_lens.features.cells import feature_trace
+        return feature_trace(model, clean, corruption, answer=answer, states=states, metric=metric, mode=mode,
+                             layers=layers, positions=positions, window=window, engine=engine, min_effect=min_effect,
+                             lora=lora, features=features)
     spec = TraceSpec(model, mode=mode, states=states, layers=layers, positions=positions, window=window,
                      corruption=corruption, metric=metric, engine=engine, min_effect=min_effect, lora=lora)
     prep = prepare(model, spec, clean, answer)
