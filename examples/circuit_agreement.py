@@ -28,7 +28,7 @@ from lalm_lens.circuits.discover import item_triples
 from lalm_lens.circuits.runs import edge_item
 from lalm_lens.demo import write_demo_dataset
 from lalm_lens.tracing import read_items
-from lalm_lens.tracing.trace import TraceSpec
+from lalm_lens.tracing.pipeline import TraceSpec
 
 ESTIMATES = (("eap", 1), ("eap-ig-inputs", 5), ("eap-ig-inputs", 20), ("eap-ig-activations", 5),
              ("eap-ig-activations", 20))

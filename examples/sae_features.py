@@ -38,7 +38,7 @@ from lalm_lens.features import ClampFeature
 from lalm_lens.features.training_run import train_sae
 from lalm_lens.tracing import read_items
 from lalm_lens.tracing.groups import final_position
-from lalm_lens.tracing.trace import answer_token
+from lalm_lens.tracing.pipeline import answer_token
 
 AUDIO_HOOK = "hook_audio_embeds"
 LM_HOOK = "blocks.2.hook_resid_post"

@@ -29,7 +29,7 @@ from lalm_lens.demo.synth import ATTRIBUTES
 from lalm_lens.features import AddDirection, steering_effect
 from lalm_lens.tracing import read_items
 from lalm_lens.tracing.dataset_result import bootstrap_ci
-from lalm_lens.tracing.trace import answer_token
+from lalm_lens.tracing.pipeline import answer_token
 from sae_features import asked  # examples/ is on the path when a script in it runs
 
 HOOKS = ("hook_audio_embeds", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post")

@@ -14,7 +14,7 @@ from lalm_lens.circuits.attribution import EdgeSums
 from lalm_lens.circuits.batch import EdgeBatch, sender_chunk
 from lalm_lens.circuits.runs import edge_item
 from lalm_lens.tracing import GaussianNoise, Item, Silence
-from lalm_lens.tracing.trace import TraceSpec
+from lalm_lens.tracing.pipeline import TraceSpec
 from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip
 
 OPTIONS = ["male", "female"]

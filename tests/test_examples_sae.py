@@ -15,7 +15,7 @@ from lalm_lens import HookedLALM
 from lalm_lens.demo import write_demo_dataset
 from lalm_lens.features import AddDirection, load_sae
 from lalm_lens.tracing import read_items
-from lalm_lens.tracing.trace import answer_token
+from lalm_lens.tracing.pipeline import answer_token
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,8 @@ def test_clamping_a_pitch_feature_raises_p_of_its_value_and_unedited_runs_are_th
     target = next(v for v in ("low", "middle", "high") if v != item.answer)
     result = sf.clamp_flips(demo, sae, [item], 0, [0.0], target, at_final=False)[0]
     inp = sf.prepare(demo, item)
-    p = float(demo(inp)[0, -1].softmax(-1)[answer_token(demo, inp, target)[0]])
+    with torch.no_grad():
+        p = float(demo(inp)[0, -1].softmax(-1)[answer_token(demo, inp, target)[0]])
     assert abs(result["p_target_before"] - p) < 1e-6  # with the error term, the model's own output
 
 

@@ -55,7 +55,7 @@ def test_settling_states_start_after_their_layer(family, states, monkeypatch):
 def test_several_items_in_one_batch(family, states, window):
     """Cells of items of different lengths (as trace_dataset batches them), windows crossing the skipped layer."""
     from lalm_lens.tracing.engines import ReferenceEngine
-    from lalm_lens.tracing.trace import TraceSpec, prepare_job
+    from lalm_lens.tracing.pipeline import TraceSpec, prepare_job
 
     model, item = family
     other = model.prepare_like(item, clip(0.7, seed=33))

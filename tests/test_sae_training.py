@@ -54,7 +54,7 @@ def test_report_numbers_match_a_direct_computation(demo, items, trained):
     assert abs(float((acts > 0).sum(-1).float().mean()) - r["l0"]) < 1e-6
     item = items[5]  # ΔP of one held-out item, spliced by hand without the error term
     inp = demo.prepare(item.audio, item.question, answer_prefix=item.answer_prefix, options=item.options)
-    from lalm_lens.tracing.trace import answer_token
+    from lalm_lens.tracing.pipeline import answer_token
 
     tok, _ = answer_token(demo, inp, item.answer)
     clean = demo(inp)[0, -1].softmax(-1)[tok]

@@ -6,7 +6,7 @@ import torch
 from lalm_lens.tracing import GaussianNoise, Silence, causal_trace
 from lalm_lens.tracing.cells import HEAD_STATES, State, state_of
 from lalm_lens.tracing.engines import ReferenceEngine, restoring
-from lalm_lens.tracing.trace import PreparedTrace, TraceSpec, finish, prepare
+from lalm_lens.tracing.pipeline import PreparedTrace, TraceSpec, finish, prepare
 from tests.tiny_models import ANSWER_PREFIX, PROMPT, clip
 
 pytestmark = pytest.mark.filterwarnings("ignore::lalm_lens.tracing.IllPosedTraceWarning")

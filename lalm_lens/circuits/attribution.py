@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from lalm_lens.circuits.graph import Graph
@@ -28,7 +27,7 @@ from lalm_lens.circuits.result import EdgeScores
 from lalm_lens.circuits.batch import EdgeBatch, batch_gradients, batch_outputs, sender_chunk
 from lalm_lens.circuits.runs import EdgeItem, edge_item, patched_scores, sender_outputs
 from lalm_lens.tracing.groups import GROUP_ORDER
-from lalm_lens.tracing.trace import TraceSpec
+from lalm_lens.tracing.pipeline import TraceSpec
 
 METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "exact")
 

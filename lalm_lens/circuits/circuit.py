@@ -23,7 +23,7 @@ from torch import Tensor
 from lalm_lens.circuits.graph import Graph
 from lalm_lens.circuits.result import EdgeScores
 from lalm_lens.circuits.runs import edge_hooks, edge_item, sender_outputs
-from lalm_lens.tracing.trace import TraceSpec
+from lalm_lens.tracing.pipeline import TraceSpec
 
 SCHEMA = "lalm-lens/circuit/1"
 ABLATIONS = ("corrupted", "zero", "mean")
@@ -155,15 +155,6 @@ class Circuit:
         from lalm_lens.circuits.draw import to_dot
 
         return to_dot(self, title)
-
-
-def _row(g: Graph, node: str) -> float:
-    if node in g.inputs:
-        return -1
-    if node == "logits":
-        return g.n_layers
-    layer = int(node[1:].split(".")[0])
-    return layer + (0.5 if node.startswith("m") else 0.0)
 
 
 def _group(g: Graph, head: int) -> int:

@@ -50,8 +50,6 @@ def edge_list(circuit) -> list[tuple[str, str, float]]:
 
 def to_dot(circuit, title: Optional[str] = None) -> str:
     """The circuit as graphviz DOT text (inputs at the bottom, one rank per layer)."""
-    from lalm_lens.circuits.circuit import _row
-
     g = circuit.graph
     edges = edge_list(circuit)
     top = max([abs(v) for _, _, v in edges] or [1.0]) or 1.0
@@ -61,7 +59,7 @@ def to_dot(circuit, title: Optional[str] = None) -> str:
         lines.append(f'  labelloc=t; label="{title}";')
     ranks: dict[float, list[str]] = {}
     for n in nodes:
-        ranks.setdefault(_row(g, n), []).append(n)
+        ranks.setdefault(g.row(n), []).append(n)
         shape = "box" if n in g.inputs or n == "logits" else "ellipse"
         lines.append(f'  "{n}" [fillcolor="{node_colour(n)}", shape={shape}];')
     for _, names in sorted(ranks.items()):
@@ -102,8 +100,6 @@ def draw_networkx(circuit, ax=None, title: Optional[str] = None):
     import matplotlib.pyplot as plt
     import networkx as nx
 
-    from lalm_lens.circuits.circuit import _row
-
     g = circuit.graph
     G = nx.DiGraph()
     for n in circuit.nodes():
@@ -112,7 +108,7 @@ def draw_networkx(circuit, ax=None, title: Optional[str] = None):
         G.add_edge(s, r, weight=v)
     per_row: dict[float, list[str]] = {}
     for n in G.nodes:
-        per_row.setdefault(_row(g, n), []).append(n)
+        per_row.setdefault(g.row(n), []).append(n)
     pos = {n: (i - (len(names) - 1) / 2, row) for row, names in per_row.items() for i, n in enumerate(sorted(names))}
     if ax is None:
         _, ax = plt.subplots(figsize=(10, 8))

@@ -103,6 +103,15 @@ class Graph:
         """`(sender, receiver)` of every valid edge, in `valid.nonzero()` order."""
         return [(self.senders[s], self.receivers[r].name) for s, r in self.valid.nonzero().tolist()]
 
+    def row(self, node: str) -> float:
+        """The node's height in a drawing: inputs -1, layer l's heads l, its MLP l + 0.5, the logits on top."""
+        if node in self.inputs:
+            return -1
+        if node == "logits":
+            return self.n_layers
+        layer = int(node[1:].split(".")[0])
+        return layer + (0.5 if node.startswith("m") else 0.0)
+
     def receivers_in_layer(self, layer: int) -> list[int]:
         return [i for i, rec in enumerate(self.receivers) if rec.layer == layer]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 import torch
 from jaxtyping import Float
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from lalm_lens.circuits.graph import Graph
 from lalm_lens.tracing.engines.base import TraceJob
-from lalm_lens.tracing.trace import Layout, TraceSpec, prepare_job
+from lalm_lens.tracing.pipeline import Layout, TraceSpec, prepare_job
 
 FLAGS = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
 

@@ -31,7 +31,6 @@ The block's `hook_mlp_out` is the summed output, as for a dense MLP.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint

@@ -105,7 +105,7 @@ def feature_attribution(model, clean, corruption="silence", *, answer, states: s
     are `causal_trace`'s."""
     from lalm_lens.tracing.cells import check_indices
     from lalm_lens.tracing.checks import run_checks
-    from lalm_lens.tracing.trace import Layout, PreparedTrace, TraceSpec, prepare_job, trace_settings
+    from lalm_lens.tracing.pipeline import Layout, PreparedTrace, TraceSpec, prepare_job, trace_settings
 
     feature_splice(model, states)
     spec = TraceSpec(model, metric=metric, engine="attribution", min_effect=min_effect, lora=lora,

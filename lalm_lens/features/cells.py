@@ -272,7 +272,7 @@ def feature_trace(model, clean, corruption="silence", *, answer, states: str, fe
     arguments are `causal_trace`'s; engine "attribution" is refused (see `feature_attribution`).
     """
     from lalm_lens.tracing.checks import run_checks
-    from lalm_lens.tracing.trace import Layout, PreparedTrace, TraceSpec, finish, prepare_job
+    from lalm_lens.tracing.pipeline import Layout, PreparedTrace, TraceSpec, finish, prepare_job
 
     if moved:
         raise TypeError(f"feature_trace() got unexpected keyword argument(s) {sorted(moved)}")

@@ -232,7 +232,7 @@ def steering_effect(model, items: Iterable, interventions: Sequence, n_boot: int
 
     from lalm_lens.tracing.dataset_result import bootstrap_ci
     from lalm_lens.tracing.groups import final_position
-    from lalm_lens.tracing.trace import answer_token
+    from lalm_lens.tracing.pipeline import answer_token
 
     base, steered = [], []
     for item in items:

@@ -48,7 +48,7 @@ def splice_effect(model, sae: SAE, items) -> dict:
     """Mean change of P(answer), of −log P(answer) and the KL(clean ‖ spliced) at the final position,
     with `sae` spliced without its error term, over `items`."""
     from lalm_lens.tracing.groups import final_position
-    from lalm_lens.tracing.trace import answer_token
+    from lalm_lens.tracing.pipeline import answer_token
 
     dp, dloss, kl, p_clean = [], [], [], []
     for item in items:

@@ -33,7 +33,7 @@ from lalm_lens.tracing.numbers import to_floats
 
 if TYPE_CHECKING:
     from lalm_lens.inputs.prepared import PreparedInput
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 
 def _check_feature(sae: SAE, feature) -> int:
@@ -42,7 +42,7 @@ def _check_feature(sae: SAE, feature) -> int:
     return int(feature)
 
 
-def _spliced(model: "HookedLALM", sae: SAE):
+def _spliced(model: "LALM", sae: SAE):
     """The SAE's splice path, splicing it for the call (removed after) when it is not spliced yet."""
     try:
         return model.sae_hook(sae), nullcontext()
@@ -50,7 +50,7 @@ def _spliced(model: "HookedLALM", sae: SAE):
         return None, model.saes([sae])
 
 
-def feature_acts(model: "HookedLALM", sae: SAE,
+def feature_acts(model: "LALM", sae: SAE,
                  inp: "PreparedInput") -> tuple[Float[Tensor, "n d_sae"], list[int], str]:
     """`(acts [n, d_sae], positions, splice path)`: every feature at the prompt positions with a value (row 0)."""
     if inp.batch_size != 1:
@@ -168,7 +168,7 @@ class FeatureActivation(Result):
         return top
 
 
-def feature_activation(model: "HookedLALM", sae: SAE, inp: "PreparedInput", feature: int,
+def feature_activation(model: "LALM", sae: SAE, inp: "PreparedInput", feature: int,
                        item: Optional[str] = None) -> FeatureActivation:
     """`feature`'s activation at every position of `inp` (one clip), with the audio positions' times."""
     from lalm_lens.inputs.spectrogram import spectrogram
@@ -230,7 +230,7 @@ def _check_window(window_seconds) -> float:
     return float(window_seconds)
 
 
-def scan(model: "HookedLALM", sae: SAE, items: Iterable, features: Sequence[int], window_seconds: float = 0.5):
+def scan(model: "LALM", sae: SAE, items: Iterable, features: Sequence[int], window_seconds: float = 0.5):
     """Per item: `(item, hook, [(start, end, {feature: (max, position)})])`, one entry per window of its clip."""
     from lalm_lens.tracing.sweeps import time_windows
 
@@ -249,7 +249,7 @@ def scan(model: "HookedLALM", sae: SAE, items: Iterable, features: Sequence[int]
         yield item, hook, out
 
 
-def top_windows_many(model: "HookedLALM", sae: SAE, items: Sequence, features: Sequence[int], window_seconds: float = 0.5,
+def top_windows_many(model: "LALM", sae: SAE, items: Sequence, features: Sequence[int], window_seconds: float = 0.5,
                      k: int = 10) -> dict[int, TopWindows]:
     """`top_windows` for several features in one pass over the items."""
     features = [_check_feature(sae, f) for f in features]
@@ -273,13 +273,13 @@ def top_windows_many(model: "HookedLALM", sae: SAE, items: Sequence, features: S
             for f, rows in found.items()}
 
 
-def top_windows(model: "HookedLALM", sae: SAE, items: Sequence, feature: int, window_seconds: float = 0.5,
+def top_windows(model: "LALM", sae: SAE, items: Sequence, feature: int, window_seconds: float = 0.5,
                 k: int = 10) -> TopWindows:
     """The `k` windows of `window_seconds` across `items` (dataset `Item`s) where `feature` is largest."""
     return top_windows_many(model, sae, items, [feature], window_seconds, k)[_check_feature(sae, feature)]
 
 
-def feature_means(model: "HookedLALM", sae: SAE, items: Sequence) -> Float[Tensor, " d_sae"]:
+def feature_means(model: "LALM", sae: SAE, items: Sequence) -> Float[Tensor, " d_sae"]:
     """Every feature's mean activation over the audio positions of `items` (`[d_sae]`)."""
     total, count = torch.zeros(sae.cfg.d_sae), 0
     for item in items:

@@ -18,7 +18,8 @@ from lalm_lens.tracing.metrics import Metric, answer_prob, logit_diff, option_pr
 from lalm_lens.tracing.results import LayerTrace, TokenTrace, TraceResult
 from lalm_lens.tracing.sakura import load_sakura
 from lalm_lens.tracing.sweeps import HeadTrace, TimeTrace, audio_time_trace, head_trace
-from lalm_lens.tracing.trace import answer_token, causal_trace
+from lalm_lens.tracing.pipeline import answer_token
+from lalm_lens.tracing.trace import causal_trace
 
 __all__ = [
     "AttributionEngine", "Check", "HeadTrace", "LensResult", "TimeTrace", "audio_time_trace", "head_trace",

@@ -19,7 +19,7 @@ HEAD_STATES = ("q", "k", "v", "rot_q", "rot_k", "z", "result")  # `[batch, pos, 
 MODES = ("tokens", "layers")
 
 if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class State:
         """The hook point this state names at `layer`."""
         return get_act_name(self.name, layer) if self.where is None else self.where.format(layer=layer)
 
-    def layers(self, model: "HookedLALM") -> list[int]:
+    def layers(self, model: "LALM") -> list[int]:
         """The layers that have this state (every layer; the expert states only the MoE layers)."""
         return [layer for layer in range(model.cfg.n_layers) if self.hook(layer) in model.hook_dict]
 
@@ -78,7 +78,7 @@ def build_cells(mode: str, layers: Sequence[int], positions: Sequence[int], wind
     return [Cell(window_layers(l, window, n_layers), tuple(positions)) for l in layers]
 
 
-def check_states(model: "HookedLALM", states: str) -> str:
+def check_states(model: "LALM", states: str) -> str:
     """`states` must name a block hook with a position axis that this model has."""
     if not isinstance(states, str) or states not in POSITIONAL_STATES:
         other = " (its axes are [batch, head, query, key]: no position axis to restore)" if states in (
@@ -95,7 +95,7 @@ def check_states(model: "HookedLALM", states: str) -> str:
     return states
 
 
-def check_state_layers(model: "HookedLALM", states: str, layers: Sequence[int], window: int) -> None:
+def check_state_layers(model: "LALM", states: str, layers: Sequence[int], window: int) -> None:
     """Every layer a cell restores (its window included) must have the state."""
     have = state_of(states).layers(model)
     missing = sorted({w for l in layers for w in window_layers(l, window, model.cfg.n_layers)} - set(have))

@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 
 class IllPosedTraceWarning(UserWarning):
@@ -62,7 +62,7 @@ class Checks:
         return cls(tuple(Check(**c) for c in items))
 
 
-def run_checks(model: "HookedLALM", clean_logits: Float[Tensor, "d_vocab"],
+def run_checks(model: "LALM", clean_logits: Float[Tensor, "d_vocab"],
                corrupted_logits: Float[Tensor, "n_runs d_vocab"], answer: int, clean_score: float,
                corrupted_score: float, min_effect: float) -> Checks:
     """The checks of one trace from its final-position logits (`[d_vocab]`, `[n_runs, d_vocab]`)."""
@@ -97,7 +97,7 @@ def warn_if_ill_posed(checks: Checks, what: str = "this trace") -> None:
         warnings.warn(f"{what} is {checks.describe()}", IllPosedTraceWarning, stacklevel=3)
 
 
-def _token_name(model: "HookedLALM", token: int) -> str:
+def _token_name(model: "LALM", token: int) -> str:
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         return f"token {token}"

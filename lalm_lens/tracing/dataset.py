@@ -35,10 +35,10 @@ from lalm_lens.tracing.content import item_fingerprint
 from lalm_lens.tracing.records import RecordsWriter, merge, rank_file, rank_files, read_all, superseded
 from lalm_lens.tracing.dataset_result import DatasetResult, bootstrap_ci  # noqa: F401  (re-exported)
 from lalm_lens.tracing.results import TokenTrace
-from lalm_lens.tracing.trace import PreparedTrace, TraceSpec, finish, prepare
+from lalm_lens.tracing.pipeline import PreparedTrace, TraceSpec, finish, prepare
 
 if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
     from lalm_lens.tracing import distributed
 
 ITEM_FIELDS = ("id", "audio", "question", "answer", "options", "answer_prefix")
@@ -128,7 +128,7 @@ class ItemRun:
     prepared: Optional[PreparedTrace] = None
 
 
-def start_item(model: "HookedLALM", spec: TraceSpec, item: Item, filter: Optional[str]) -> ItemRun:
+def start_item(model: "LALM", spec: TraceSpec, item: Item, filter: Optional[str]) -> ItemRun:
     """Prepare one item (`trace.prepare`: baseline and checks, once); the record says whether its cells run."""
     run = ItemRun(item, item_record(item))
     record = run.record
@@ -154,7 +154,7 @@ def start_item(model: "HookedLALM", spec: TraceSpec, item: Item, filter: Optiona
     return run
 
 
-def finish_item(model: "HookedLALM", run: ItemRun, patched: Float[Tensor, "n_cells"]) -> dict:
+def finish_item(model: "LALM", run: ItemRun, patched: Float[Tensor, "n_cells"]) -> dict:
     """The record of an item whose cells ran (`trace.finish`)."""
     result = finish(model, run.prepared, patched)
     run.record.update(status="ok", ill_posed=result.ill_posed, patched=result.patched.tolist(),
@@ -166,7 +166,7 @@ def finish_item(model: "HookedLALM", run: ItemRun, patched: Float[Tensor, "n_cel
     return run.record
 
 
-def trace_items(model: "HookedLALM", spec: TraceSpec, items: list[Item], filter: Optional[str]) -> list[dict]:
+def trace_items(model: "LALM", spec: TraceSpec, items: list[Item], filter: Optional[str]) -> list[dict]:
     """Records of several items; the cells of the well-posed ones run together (`Engine.patched_many`)."""
     runs = [start_item(model, spec, item, filter) for item in items]
     ready = [r for r in runs if r.prepared is not None]
@@ -227,7 +227,7 @@ def stale_records(items: list[Item], done: dict[str, dict], source) -> set[str]:
     return set(changed)
 
 
-def dataset_settings(model: "HookedLALM", spec: TraceSpec, filter: Optional[str]) -> dict:
+def dataset_settings(model: "LALM", spec: TraceSpec, filter: Optional[str]) -> dict:
     """The settings a records file is written under (a resume with others is refused)."""
     return dict(spec.settings(), model=model.name_or_path, dtype=str(model.cfg.dtype),
                 filter=None if filter is None else "checks")
@@ -268,7 +268,7 @@ class Progress:
             self.bar.close()
 
 
-def run_batched(model: "HookedLALM", spec: TraceSpec, todo: list[Item], filter: Optional[str], batch_items,
+def run_batched(model: "LALM", spec: TraceSpec, todo: list[Item], filter: Optional[str], batch_items,
                 write: Callable[[dict], None], bar: Progress) -> None:
     """Trace `todo` in chunks of `batch_items` items, writing each record as it comes."""
     k, start = items_per_call(spec, batch_items), 0
@@ -297,7 +297,7 @@ def write_records(out: Path, settings: dict, dist: "distributed.Dist", run: Call
 
 
 def trace_dataset(
-    model: "HookedLALM",
+    model: "LALM",
     items: Union[str, Path, Iterable[Item], Iterable[dict]],
     *,
     out: Union[str, Path, None] = None,

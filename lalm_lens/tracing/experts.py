@@ -35,7 +35,7 @@ from lalm_lens.tracing.groups import non_audio_positions
 from lalm_lens.tracing.interventions import Corruption, as_corruption, check_same_layout
 from lalm_lens.tracing.numbers import num
 from lalm_lens.tracing.results import TraceResult
-from lalm_lens.tracing.trace import Layout, TraceSpec, finish, prepare
+from lalm_lens.tracing.pipeline import Layout, TraceSpec, finish, prepare
 
 Group = Literal["audio", "text"]
 

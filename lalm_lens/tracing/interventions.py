@@ -32,7 +32,7 @@ from lalm_lens.tracing.checks import no_audio
 from lalm_lens.tracing.content import audio_sha1
 
 if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Corruption(ABC):
     """How to corrupt the audio of a clean input."""
 
     @abstractmethod
-    def apply(self, model: "HookedLALM", clean) -> CorruptedRun:
+    def apply(self, model: "LALM", clean) -> CorruptedRun:
         """The corrupted run for `clean` (a `PreparedInput` for waveform corruptions)."""
 
     def check(self) -> None:
@@ -110,7 +110,7 @@ def _waveform(clean, what: str) -> np.ndarray:
 class Silence(Corruption):
     """Zeros of the clip's length (the reference study's corruption)."""
 
-    def apply(self, model: "HookedLALM", clean) -> CorruptedRun:
+    def apply(self, model: "LALM", clean) -> CorruptedRun:
         wave = _waveform(clean, "Silence()")
         return CorruptedRun(model.prepare_like(clean, np.zeros_like(wave)), description="silence of the same length")
 
@@ -130,7 +130,7 @@ class GaussianNoise(Corruption):
         if not (isinstance(self.n_samples, int) and self.n_samples >= 1):
             raise ValueError(f"GaussianNoise(n_samples=...) must be an integer >= 1, got {self.n_samples!r}")
 
-    def apply(self, model: "HookedLALM", clean) -> CorruptedRun:
+    def apply(self, model: "LALM", clean) -> CorruptedRun:
         self.check()
         audio = None
         if clean.get("input_features") is not None:
@@ -163,7 +163,7 @@ class WhiteNoise(Corruption):
         if not (isinstance(self.snr_db, (int, float)) and math.isfinite(self.snr_db)):
             raise ValueError(f"WhiteNoise(snr_db=...) must be a finite number, got {self.snr_db!r}")
 
-    def apply(self, model: "HookedLALM", clean) -> CorruptedRun:
+    def apply(self, model: "LALM", clean) -> CorruptedRun:
         import torchaudio.functional as AF
 
         self.check()
@@ -196,7 +196,7 @@ class Swap(Corruption):
             warnings.warn("Swap(audio) got an array without sampling_rate; assuming it is at the model's rate "
                           "(pass Swap(audio, sampling_rate=...) to have it resampled)", stacklevel=3)
 
-    def apply(self, model: "HookedLALM", clean) -> CorruptedRun:
+    def apply(self, model: "LALM", clean) -> CorruptedRun:
         wave = _waveform(clean, "Swap()")
         rate = self.sampling_rate if self.sampling_rate is not None or self.is_file() else clean.sampling_rate
         other = load_waveform(self.audio, rate, clean.sampling_rate)
@@ -214,7 +214,7 @@ class Given(Corruption):
 
     inputs: Mapping = field(repr=False)
 
-    def apply(self, model: "HookedLALM", clean) -> CorruptedRun:
+    def apply(self, model: "LALM", clean) -> CorruptedRun:
         return CorruptedRun(self.inputs, description="given")
 
 

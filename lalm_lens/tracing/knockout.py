@@ -23,10 +23,10 @@ from lalm_lens.tracing.cells import check_indices, check_window, window_layers
 from lalm_lens.tracing.groups import final_position
 from lalm_lens.tracing.numbers import num, to_float, to_floats
 from lalm_lens.tracing.results import probability
-from lalm_lens.tracing.trace import answer_token, input_groups
+from lalm_lens.tracing.pipeline import answer_token, input_groups
 
 if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 Selector = Union[str, Sequence[str], Sequence[int]]
 
@@ -162,7 +162,7 @@ def knockout_hook(queries: Int[Tensor, " query"], keys: Int[Tensor, " key"]):
 
 @torch.no_grad()
 def attention_knockout(
-    model: "HookedLALM",
+    model: "LALM",
     inp: Mapping,
     *,
     answer: Union[int, str],

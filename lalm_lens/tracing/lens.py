@@ -24,7 +24,7 @@ from lalm_lens.tracing.numbers import num, to_float, to_floats
 
 if TYPE_CHECKING:
     from lalm_lens.inputs.prepared import PreparedInput
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 
 @dataclass
@@ -102,13 +102,13 @@ def _top(probs: Float[Tensor, " vocab"], k: int, tokenizer) -> list:
 
 
 @torch.no_grad()
-def logit_lens(model: "HookedLALM", inp: "PreparedInput", corruption="silence", *, answer, metric=None, top_k: int = 5,
+def logit_lens(model: "LALM", inp: "PreparedInput", corruption="silence", *, answer, metric=None, top_k: int = 5,
                chunk: int = 256) -> LensResult:
     """The lens of one item (`corruption=None`: the clean run only)."""
     from lalm_lens.tracing.groups import final_position
     from lalm_lens.tracing.interventions import as_corruption
     from lalm_lens.tracing.metrics import as_metric
-    from lalm_lens.tracing.trace import answer_token
+    from lalm_lens.tracing.pipeline import answer_token
 
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")

@@ -24,12 +24,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 Score = Callable[[Float[Tensor, "rows d_vocab"]], Float[Tensor, "rows"]]  # final-position logits -> one score per row
 
 
-def token_id(model: "HookedLALM", inp, token: Union[str, int], what: str = "answer") -> int:
+def token_id(model: "LALM", inp, token: Union[str, int], what: str = "answer") -> int:
     """A token id from an id or a one-token string, tokenised as it continues `inp`: with a leading
     space unless the input ends in whitespace (BPE tokenisers mark the space in the token)."""
     if isinstance(token, bool) or isinstance(token, float):
@@ -70,7 +70,7 @@ class Metric(ABC):
     min_effect = 0.0  # default threshold of the ill-posed check on m_clean − m_corrupted
 
     @abstractmethod
-    def bind(self, model: "HookedLALM", inp, answer: int) -> Score:
+    def bind(self, model: "LALM", inp, answer: int) -> Score:
         """The score function for this item (tokens resolved)."""
 
     def describe(self) -> str:
@@ -88,7 +88,7 @@ class AnswerProb(Metric):
     probability = True
     min_effect = 0.1
 
-    def bind(self, model: "HookedLALM", inp, answer: int) -> Score:
+    def bind(self, model: "LALM", inp, answer: int) -> Score:
         return lambda logits: logits.float().softmax(-1)[:, answer]
 
     def describe(self) -> str:
@@ -117,7 +117,7 @@ class LogitDiff(Metric):
             raise ValueError(f"logit_diff(foil={self.foil!r}): the foil is the answer, so logit(answer) − "
                              "logit(foil) is 0 in every run; pass a foil other than the answer")
 
-    def bind(self, model: "HookedLALM", inp, answer: int) -> Score:
+    def bind(self, model: "LALM", inp, answer: int) -> Score:
         target = answer if self.answer is None else token_id(model, inp, self.answer)
         if self.foil is None:
             foils = [t for t in (token_id(model, inp, o, "option") for o in _item_options(inp, "logit_diff()")) if t != target]
@@ -163,7 +163,7 @@ class OptionProb(Metric):
             raise ValueError(f"option_prob(options={list(self.options)}): an option is listed twice; each option "
                              "must be a distinct token")
 
-    def bind(self, model: "HookedLALM", inp, answer: int) -> Score:
+    def bind(self, model: "LALM", inp, answer: int) -> Score:
         options = list(self.options) if self.options is not None else _item_options(inp, "option_prob()")
         ids = [token_id(model, inp, o, "option") for o in options]
         twice = [(a, b) for i, (a, x) in enumerate(zip(options, ids)) for b, y in zip(options[i + 1:], ids[i + 1:])
@@ -195,7 +195,7 @@ class CustomMetric(Metric):
     def name(self) -> str:  # type: ignore[override]
         return getattr(self.fn, "__name__", "custom")
 
-    def bind(self, model: "HookedLALM", inp, answer: int) -> Score:
+    def bind(self, model: "LALM", inp, answer: int) -> Score:
         def score(logits: Tensor) -> Tensor:
             out = torch.as_tensor(self.fn(logits))
             if out.ndim == 0 and logits.shape[0] == 1:

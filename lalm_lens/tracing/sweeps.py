@@ -28,10 +28,10 @@ from lalm_lens.inputs.spectrogram import spectrogram
 from lalm_lens.tracing.cells import Cell, window_layers
 from lalm_lens.tracing.checks import warn_if_ill_posed
 from lalm_lens.tracing.results import TraceResult, describe_curve
-from lalm_lens.tracing.trace import Layout, TraceSpec, finish, prepare
+from lalm_lens.tracing.pipeline import Layout, TraceSpec, finish, prepare
 
 if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 
 PADDING = "padding after the clip"
@@ -186,7 +186,7 @@ class HeadTrace(TraceResult):
             f"restoring one head's z at {self.settings.get('head_positions')} position(s)"))
 
 
-def audio_time_trace(model: "HookedLALM", clean: PreparedInput, corruption="silence", *, answer, metric=None,
+def audio_time_trace(model: "LALM", clean: PreparedInput, corruption="silence", *, answer, metric=None,
                      window_seconds: float = 0.5, states: str = "resid_post", layers=None, window: int = 1,
                      engine="fast", min_effect: Optional[float] = None) -> TimeTrace:
     """When in the clip: restore clean `states` of the audio positions in each time window, at each layer."""
@@ -209,7 +209,7 @@ def audio_time_trace(model: "HookedLALM", clean: PreparedInput, corruption="sile
 
 
 @torch.no_grad()
-def attention_to_audio(model: "HookedLALM", inputs: dict[str, Tensor], final: int, audio: list[int],
+def attention_to_audio(model: "LALM", inputs: dict[str, Tensor], final: int, audio: list[int],
                        extra_hooks=()) -> list[list[float]]:
     """Each head's attention mass from `final` to the `audio` positions, `[layer][head]` (mean over rows)."""
     out = [None] * model.cfg.n_layers
@@ -223,7 +223,7 @@ def attention_to_audio(model: "HookedLALM", inputs: dict[str, Tensor], final: in
     return out
 
 
-def head_trace(model: "HookedLALM", clean: Mapping, corruption="silence", *, answer, metric=None,
+def head_trace(model: "LALM", clean: Mapping, corruption="silence", *, answer, metric=None,
                positions: str = "all", layers=None, engine="fast", min_effect: Optional[float] = None) -> HeadTrace:
     """Which heads: restore one head's attention output (`z`) at every position (`positions="all"`) or at
     the final one (`"final"`), at each layer."""

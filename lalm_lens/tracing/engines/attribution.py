@@ -17,13 +17,13 @@ from lalm_lens.tracing.engines.base import TraceJob, lora_for, restore_index
 from lalm_lens.tracing.engines.reference import ReferenceBaseline, ReferenceEngine
 
 if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 
 class AttributionEngine(ReferenceEngine):
     name = "attribution"
 
-    def patched(self, model: "HookedLALM", job: TraceJob, base: ReferenceBaseline) -> Float[Tensor, "n_cells"]:
+    def patched(self, model: "LALM", job: TraceJob, base: ReferenceBaseline) -> Float[Tensor, "n_cells"]:
         names = [n for n in job.state_names(model.cfg.n_layers) if n in model.hook_dict]  # (expert states: MoE layers)
         acts = {}
 

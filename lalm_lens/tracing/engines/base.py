@@ -24,7 +24,7 @@ from lalm_lens.tracing.cells import Cell, State, state_of
 from lalm_lens.tracing.interventions import CorruptedRun
 
 if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 HookFn = Callable[[Tensor, object], Tensor]
 
@@ -63,7 +63,7 @@ class Baseline:
 
 
 @contextmanager
-def restoring(model: "HookedLALM", name: str, fn: Optional[HookFn]) -> Iterator[None]:
+def restoring(model: "LALM", name: str, fn: Optional[HookFn]) -> Iterator[None]:
     """`fn` on hook point `name` for the block's duration (baukit's `Trace(edit_output=...)`; None: no hook).
     Like `model.hooks`, it holds the model's next context level, and removes only its own hook: the
     user's hooks stay as they were."""
@@ -81,7 +81,7 @@ def restoring(model: "HookedLALM", name: str, fn: Optional[HookFn]) -> Iterator[
         model.context_level -= 1
 
 
-def lora_for(model: "HookedLALM", job: TraceJob, run: str):
+def lora_for(model: "LALM", job: TraceJob, run: str):
     """The adapter setting of one run ("clean", or "corrupted" for the corrupted and patched runs) of `job`."""
     if job.lora is None:
         return nullcontext()
@@ -107,18 +107,18 @@ class Engine(ABC):
     name = "engine"
 
     @abstractmethod
-    def baseline(self, model: "HookedLALM", job: TraceJob) -> Baseline:
+    def baseline(self, model: "LALM", job: TraceJob) -> Baseline:
         """The clean and corrupted runs."""
 
     @abstractmethod
-    def patched(self, model: "HookedLALM", job: TraceJob, base: Baseline) -> Float[Tensor, "n_cells"]:
+    def patched(self, model: "LALM", job: TraceJob, base: Baseline) -> Float[Tensor, "n_cells"]:
         """The metric of every cell's patched run (mean over noise samples), `[n_cells]` float64."""
 
-    def patched_many(self, model: "HookedLALM", jobs: list[TraceJob], bases: list[Baseline]) -> list[Tensor]:
+    def patched_many(self, model: "LALM", jobs: list[TraceJob], bases: list[Baseline]) -> list[Tensor]:
         """Several items' cells (the fast engine batches them together)."""
         return [self.patched(model, job, base) for job, base in zip(jobs, bases)]
 
-    def unsupported(self, model: "HookedLALM", job: TraceJob) -> Optional[str]:
+    def unsupported(self, model: "LALM", job: TraceJob) -> Optional[str]:
         """Why this engine cannot honour the model's current setup for `job` (None: it can)."""
         return None
 

@@ -46,7 +46,7 @@ from lalm_lens.tracing.engines.join import block_output, joins_after, kept_names
 from lalm_lens.tracing.engines.prefix import PrefixKV
 
 if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 PAD_SLACK = 0.75  # a suffix joins a batch if it is at least this fraction of the batch's longest
@@ -98,17 +98,17 @@ class FastBaseline(Baseline):
     runs: ItemRuns = None
 
 
-def hooked_in(model: "HookedLALM", modules: Iterable[nn.Module]) -> list[str]:
+def hooked_in(model: "LALM", modules: Iterable[nn.Module]) -> list[str]:
     """The names of the hook points inside `modules` that hold hooks (in the model's order)."""
     inside = {id(m) for module in modules for m in module.modules() if isinstance(m, HookPoint)}
     return [name for name, hp in model.hook_dict.items() if id(hp) in inside and hp.has_hooks()]
 
 
-def modules_named(model: "HookedLALM", names: tuple[str, ...]) -> list[nn.Module]:
+def modules_named(model: "LALM", names: tuple[str, ...]) -> list[nn.Module]:
     return [getattr(model, n) for n in names if getattr(model, n, None) is not None]
 
 
-def _plain_run(model: "HookedLALM", inputs, names: set[str], extra_hooks=(), kv_cache=None):
+def _plain_run(model: "LALM", inputs, names: set[str], extra_hooks=(), kv_cache=None):
     """A plain forward (user hooks fire as usual) keeping the activations in `names`."""
     with model.hooks(fwd_hooks=list(extra_hooks)):
         return model.run_with_cache(inputs, kv_cache=kv_cache, names_filter=lambda name: name in names)
@@ -124,7 +124,7 @@ class FastEngine(Engine):
     def to_dict(self) -> dict:
         return {"name": self.name, "max_batch_tokens": self.max_batch_tokens}
 
-    def unsupported(self, model: "HookedLALM", job: TraceJob) -> Optional[str]:
+    def unsupported(self, model: "LALM", job: TraceJob) -> Optional[str]:
         start = min(c.layers[0] for c in job.cells)
         blocking = hooked_in(model, [*model.blocks[start:], *modules_named(model, RERUN_AFTER_BLOCKS)])
         if blocking:
@@ -135,7 +135,7 @@ class FastEngine(Engine):
 
     # ------------------------------------------------------------ clean and corrupted runs
     @torch.no_grad()
-    def baseline(self, model: "HookedLALM", job: TraceJob) -> FastBaseline:
+    def baseline(self, model: "LALM", job: TraceJob) -> FastBaseline:
         L = model.cfg.n_layers
         states = job.state_names(L)
         resid = [get_act_name("resid_pre", layer) for layer in range(L)] + [get_act_name("resid_post", L - 1)]
@@ -177,11 +177,11 @@ class FastEngine(Engine):
 
     # ------------------------------------------------------------ patched runs
     @torch.no_grad()
-    def patched(self, model: "HookedLALM", job: TraceJob, base: FastBaseline) -> Float[Tensor, "n_cells"]:
+    def patched(self, model: "LALM", job: TraceJob, base: FastBaseline) -> Float[Tensor, "n_cells"]:
         return self.patched_many(model, [job], [base])[0]
 
     @torch.no_grad()
-    def patched_many(self, model: "HookedLALM", jobs: list[TraceJob], bases: list[FastBaseline]) -> list[Tensor]:
+    def patched_many(self, model: "LALM", jobs: list[TraceJob], bases: list[FastBaseline]) -> list[Tensor]:
         outs = [torch.full((len(j.cells),), b.corrupted_score, dtype=torch.float64) for j, b in zip(jobs, bases)]
         groups, readouts = [], []
         L = model.cfg.n_layers
@@ -236,7 +236,7 @@ def effective_layers(layers: tuple[int, ...], positions: tuple[int, ...], runs: 
     return tuple(layers)
 
 
-def joined_resid(model: "HookedLALM", states: str, item: ItemRuns, g: Group) -> Float[Tensor, "n_runs suffix d_model"]:
+def joined_resid(model: "LALM", states: str, item: ItemRuns, g: Group) -> Float[Tensor, "n_runs suffix d_model"]:
     """`[n_runs, T - i0, d_model]`: the residual entering block `g.join` for the group's rows."""
     x = item.resid_pre[g.join][:, g.i0 - item.first:]
     if g.join == g.layers[0]:  # the patch is inside this block (its hooks restore it)
@@ -248,7 +248,7 @@ def joined_resid(model: "HookedLALM", states: str, item: ItemRuns, g: Group) -> 
     return x
 
 
-def run_readouts(model: "HookedLALM", jobs: list[TraceJob], runs: list[ItemRuns], groups: list[Group]) -> list[float]:
+def run_readouts(model: "LALM", jobs: list[TraceJob], runs: list[ItemRuns], groups: list[Group]) -> list[float]:
     """The metric of cells whose first patch settles the last block: `readout` of the answer position."""
     finals = []
     for g in groups:
@@ -276,7 +276,7 @@ def _pad_to(t: Tensor, n: int, dim: int) -> Tensor:
 class SuffixBatch:
     """The rows of one batch of cells: who they are, and their masks, rotary tables and prefixes."""
 
-    def __init__(self, model: "HookedLALM", runs: list[ItemRuns], groups: list[Group]):
+    def __init__(self, model: "LALM", runs: list[ItemRuns], groups: list[Group]):
         self.groups = sorted(groups, key=lambda g: g.join)  # rows join in this order
         dev = model.device
         self.width = max(runs[g.item].length - g.i0 for g in groups)
@@ -296,7 +296,7 @@ class SuffixBatch:
         positions = torch.stack([_pad_to(runs[g.item].positions[..., g.i0:], self.width, -1) for g in row_groups], -2)
         self.rope = model.rotary.cos_sin(positions, runs[0].resid_pre[0].dtype)
 
-    def _mask(self, model: "HookedLALM", runs: list[ItemRuns], row_groups: list[Group]
+    def _mask(self, model: "LALM", runs: list[ItemRuns], row_groups: list[Group]
               ) -> Float[Tensor, "rows 1 suffix keys"]:
         """`[rows, 1, suffix, prefix + suffix]`: a row sees its own prefix slots and, causally, its suffix."""
         dev, P, S = model.device, self.prefix_len, self.width
@@ -372,7 +372,7 @@ def _restore(runs: list[ItemRuns], batch: SuffixBatch, layer: int, name: str, n_
     return hook
 
 
-def run_suffixes(model: "HookedLALM", jobs: list[TraceJob], runs: list[ItemRuns], groups: list[Group]) -> list[float]:
+def run_suffixes(model: "LALM", jobs: list[TraceJob], runs: list[ItemRuns], groups: list[Group]) -> list[float]:
     """The metric of each group's cell (mean over its rows), in the order of `groups`."""
     batch = SuffixBatch(model, runs, groups)
     states = jobs[0].states

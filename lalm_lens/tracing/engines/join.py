@@ -26,7 +26,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
 if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 # state -> (clean names, corrupted names) the baseline keeps per layer for the join
 NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -37,15 +37,15 @@ NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def _resid_post(model: "HookedLALM", clean, corr, layer, pos, rel):
+def _resid_post(model: "LALM", clean, corr, layer, pos, rel):
     return clean[get_act_name("resid_post", layer)][pos][None]
 
 
-def _mlp_out(model: "HookedLALM", clean, corr, layer, pos, rel):
+def _mlp_out(model: "LALM", clean, corr, layer, pos, rel):
     return corr[get_act_name("resid_mid", layer)][:, rel] + clean[get_act_name("mlp_out", layer)][pos][None]
 
 
-def _attn_out(model: "HookedLALM", clean, corr, layer, pos, rel):
+def _attn_out(model: "LALM", clean, corr, layer, pos, rel):
     mid = corr[get_act_name("resid_pre", layer)][:, rel] + clean[get_act_name("attn_out", layer)][pos][None]
     block = model.blocks[layer]
     return mid + block.mlp(block.ln2(mid))
@@ -55,7 +55,7 @@ AFTER: dict[str, Callable] = {"resid_post": _resid_post, "resid_mid": _resid_pos
                               "attn_out": _attn_out}
 
 
-def joins_after(states: str, model: Optional["HookedLALM"] = None) -> bool:
+def joins_after(states: str, model: Optional["LALM"] = None) -> bool:
     """Whether a cell restoring `states` starts after its first layer. `mlp_out` and `attn_out` rebuild the
     block's sums above, so they join after it only where every block is the plain `TransformerBlock` (a family
     whose block adds its outputs otherwise, e.g. Granite's residual multiplier, starts at block l)."""
@@ -64,7 +64,7 @@ def joins_after(states: str, model: Optional["HookedLALM"] = None) -> bool:
     return states in AFTER
 
 
-def _plain_blocks(model: "HookedLALM") -> bool:
+def _plain_blocks(model: "LALM") -> bool:
     from lalm_lens.components.block import TransformerBlock
 
     return all(type(block).forward is TransformerBlock.forward for block in model.blocks)
@@ -77,7 +77,7 @@ def kept_names(states: str, n_layers: int) -> tuple[set[str], set[str]]:
             {get_act_name(s, layer) for s in corr for layer in range(n_layers)})
 
 
-def block_output(model: "HookedLALM", states: str, clean: dict, corr: dict, first: int, layer: int,
+def block_output(model: "LALM", states: str, clean: dict, corr: dict, first: int, layer: int,
                  positions: Int[Tensor, "n"], n_runs: int) -> Float[Tensor, "n_runs n d_model"]:
     """`[n_runs, len(positions), d_model]`: the residual leaving block `layer` at the restored `positions`
     when the cell's first patch is there. `clean[name]` is `[T, ...]`, `corr[name]` `[n_runs, T - first, ...]`."""

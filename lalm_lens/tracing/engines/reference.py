@@ -21,7 +21,7 @@ from lalm_lens.tracing.cells import Cell
 from lalm_lens.tracing.engines.base import Baseline, Engine, HookFn, TraceJob, lora_for, restore_index, restoring, score_of
 
 if TYPE_CHECKING:
-    from lalm_lens.model import HookedLALM
+    from lalm_lens.interface import LALM
 
 
 @dataclass
@@ -49,7 +49,7 @@ class ReferenceEngine(Engine):
     name = "reference"
 
     @torch.no_grad()
-    def baseline(self, model: "HookedLALM", job: TraceJob) -> ReferenceBaseline:
+    def baseline(self, model: "LALM", job: TraceJob) -> ReferenceBaseline:
         names = set(job.state_names(model.cfg.n_layers))
         with lora_for(model, job, "clean"):
             logits, cache = model.run_with_cache(job.clean, names_filter=lambda name: name in names)
@@ -59,7 +59,7 @@ class ReferenceEngine(Engine):
         return ReferenceBaseline(clean[0], corrupted, score_of(job, clean), score_of(job, corrupted), cache=cache)
 
     @torch.no_grad()
-    def patched(self, model: "HookedLALM", job: TraceJob, base: ReferenceBaseline) -> Float[Tensor, "n_cells"]:
+    def patched(self, model: "LALM", job: TraceJob, base: ReferenceBaseline) -> Float[Tensor, "n_cells"]:
         batch, noise = job.corrupted.batch(), job.corrupted.hooks()
         out = []
         for cell in job.cells:
