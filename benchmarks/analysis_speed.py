@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore", message=".*ill-posed")  # random weights: the 
 import torch  # noqa: E402
 
 from benchmarks._measure import best_time  # noqa: E402
-from benchmarks.trace_speed import build_model, make_inputs  # noqa: E402
+from benchmarks._shapes import build_model, make_inputs  # noqa: E402
 from lalm_lens.inputs.prepared import PreparedInput  # noqa: E402
 from lalm_lens.tracing import Given, audio_time_trace, head_trace  # noqa: E402
 

@@ -47,7 +47,7 @@ REF_LAYERS = [4]  # the reference runs these layers' cells (40 of 320) and is sc
 
 
 def setup(device: str):
-    from benchmarks.trace_speed import build_model, make_inputs
+    from benchmarks._shapes import build_model, make_inputs
 
     model = build_model(device, LAYERS, VOCAB, enc_width=ENC_WIDTH, enc_layers=ENC_LAYERS)
     clean, corrupted = make_inputs(N_AUDIO, N_TEXT, device, vocab=VOCAB)

@@ -36,50 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import warnings  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from transformer_lens import patching  # noqa: E402
 
 from benchmarks._measure import PeakRSS, best_time, mib  # noqa: E402
+from benchmarks._shapes import D, LAYERS, VOCAB, build_model, make_inputs  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*ill-posed")  # random weights: the checks fail, the timing holds
-from lalm_lens import BlockConfig, EncoderConfig, HookedLALM, LALMConfig, ProjectorConfig  # noqa: E402
 from lalm_lens.tracing import Given, causal_trace  # noqa: E402
-
-VOCAB, D, LAYERS = 4096, 256, 8  # LAYERS: the required cases' LM depth; the audio token is the last id
-
-
-def build_model(device: str, n_layers: int = LAYERS, vocab: int = VOCAB, enc_width: int = D,
-                enc_layers: int = 4) -> HookedLALM:
-    enc = EncoderConfig(d_model=enc_width, d_head=enc_width // 4, n_heads=4, n_layers=enc_layers, n_ctx=1500,
-                        d_mlp=4 * enc_width, act_fn="gelu",
-                        normalization_type="LN", positional_embedding_type="learned", causal=False, pool=2,
-                        final_norm=True, n_mels=128, n_frames=3000, kind="padded", device=device)
-    lm = BlockConfig(d_model=D, d_head=64, n_heads=4, n_key_value_heads=4, n_layers=n_layers, n_ctx=4096, d_mlp=4 * D,
-                     d_vocab=vocab, act_fn="silu", gated_mlp=True, normalization_type="RMS",
-                     positional_embedding_type="rotary", eps=1e-6, device=device)
-    config = LALMConfig(family="qwen2_audio", lm=lm, encoder=enc, projector=ProjectorConfig("linear", enc_width, D),
-                        audio_token_id=vocab - 1)
-    return HookedLALM(config).init_weights(std=0.05, seed=0).to(device).eval()
-
-
-def make_inputs(n_audio: int, n_text: int, device: str, seed: int = 0, vocab: int = VOCAB):
-    from transformers import WhisperFeatureExtractor
-
-    seconds = n_audio / 25
-    rng = np.random.default_rng(seed)
-    wave = (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
-    fe = WhisperFeatureExtractor(feature_size=128)
-    ids = torch.tensor([[vocab - 1] * n_audio + rng.integers(0, vocab - 1, n_text).tolist()])
-
-    def inputs(w):
-        f = fe(w, sampling_rate=16000, return_attention_mask=True, return_tensors="pt")
-        return dict(input_ids=ids, input_features=f["input_features"], feature_attention_mask=f["attention_mask"])
-
-    to = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-    return to(inputs(wave)), to(inputs(np.zeros_like(wave)))
-
 
 def sweep(model, clean, corrupted, mode: str, answer: int, text: list[int]):
     """{method: seconds} for one sweep, and the engine's peak memory vs one cached forward."""
